@@ -1,0 +1,418 @@
+#include "sadi/engine.hpp"
+
+#include <ggml-backend.h>
+#include <ggml.h>
+#include <llama.h>
+
+#include <cmath>
+#include <cstring>
+#include <exception>
+#include <limits>
+#include <stdexcept>
+
+namespace sadi {
+
+namespace {
+
+constexpr const char * head_node   = "kqv_out";
+constexpr const char * hidden_node = "ffn_out";
+
+// Some architectures give the residual sum after the FFN the FFN output's name; the FFN output
+// itself is the node none of whose inputs carries its own name.
+bool is_ffn_output(const ggml_tensor * t) {
+    for (const ggml_tensor * src : t->src) {
+        if (src != nullptr && std::strcmp(src->name, t->name) == 0) {
+            return false;
+        }
+    }
+    return true;
+}
+
+// Steps back from the FFN output over a bias add or a scale (second operand a weight) to the
+// down projection; returns its activation input, or nullptr when the FFN is not a dense matmul.
+const ggml_tensor * down_proj_input(const ggml_tensor * t) {
+    while ((t->op == GGML_OP_ADD || t->op == GGML_OP_MUL) && t->src[1] != nullptr &&
+           t->src[1]->op == GGML_OP_NONE) {
+        t = t->src[0];
+    }
+    return t->op == GGML_OP_MUL_MAT ? t->src[1] : nullptr;
+}
+
+std::string shape_text(const ggml_tensor * t) {
+    return std::string(t->name) + " [" + std::to_string(t->ne[0]) + ", " + std::to_string(t->ne[1]) + ", " +
+           std::to_string(t->ne[2]) + ", " + std::to_string(t->ne[3]) + "] " + ggml_type_name(t->type);
+}
+
+}  // namespace
+
+Engine::Engine(ModelShape shape) : shape_(std::move(shape)) {
+    const size_t n_layer = size_t(shape_.n_layer);
+    neuron_base_.assign(n_layer, std::string());
+    for (auto & r : ranges_) {
+        r.assign(n_layer, {});
+    }
+    for (auto & p : problems_) {
+        p = "the model's graph has not been probed yet";
+    }
+}
+
+bool Engine::eval_callback(ggml_tensor * t, bool ask, void * user_data) {
+    auto * self = static_cast<Engine *>(user_data);
+    try {
+        return self->on_node(t, ask);
+    } catch (const std::exception & e) {
+        self->fail(std::string("steering hook: ") + e.what());
+    } catch (...) {
+        self->fail("steering hook: unknown C++ exception");
+    }
+    return ask;  // ask for the node, then refuse it: that stops the compute
+}
+
+void Engine::fail(const std::string & msg) {
+    if (!failed_) {
+        failed_ = true;
+        error_  = msg;
+    }
+}
+
+void Engine::set_n_ubatch(int32_t n_ubatch) {
+    if (n_ubatch <= 0) {
+        throw std::invalid_argument("n_ubatch must be positive");
+    }
+    n_ubatch_ = n_ubatch;
+}
+
+// ---- topology probe ----
+
+void Engine::begin_probe() {
+    probing_ = true;
+    probe_error_.clear();
+    for (auto & seen : probe_seen_) {
+        seen.assign(size_t(shape_.n_layer), 0);
+    }
+    std::fill(neuron_base_.begin(), neuron_base_.end(), std::string());
+}
+
+void Engine::probe_node(const ggml_tensor * t) {
+    NodeName nn;
+    if (!parse_node_name(t->name, nn) || nn.il >= shape_.n_layer) {
+        return;
+    }
+    const size_t il = size_t(nn.il);
+    auto check_width = [&](const ggml_tensor * x, Site site) {
+        if (x->ne[0] != shape_.width(site) && probe_error_.empty()) {
+            probe_error_ = "node " + shape_text(x) + " should be " + std::to_string(shape_.width(site)) +
+                           " wide for the " + site_name(site) + " site of this model";
+        }
+    };
+    if (nn.base == head_node && !probe_seen_[size_t(Site::head)][il]) {
+        probe_seen_[size_t(Site::head)][il] = 1;
+        check_width(t, Site::head);
+    } else if (nn.base == hidden_node && is_ffn_output(t) && !probe_seen_[size_t(Site::hidden)][il]) {
+        probe_seen_[size_t(Site::hidden)][il] = 1;
+        check_width(t, Site::hidden);
+        const ggml_tensor * act = down_proj_input(t);
+        NodeName an;
+        if (act != nullptr && parse_node_name(act->name, an) && an.il == nn.il) {
+            probe_seen_[size_t(Site::neuron)][il] = 1;
+            neuron_base_[il] = std::string(an.base);
+            check_width(act, Site::neuron);
+        }
+    }
+}
+
+void Engine::end_probe() {
+    probing_ = false;
+    const std::string missing[n_sites] = {"kqv_out-", "dense ffn_down input in layer ", "ffn_out-"};
+    for (int s = 0; s < n_sites; ++s) {
+        problems_[size_t(s)].clear();
+        for (int32_t il = 0; il < shape_.n_layer; ++il) {
+            if (!probe_seen_[size_t(s)][size_t(il)]) {
+                problems_[size_t(s)] = "the " + shape_.arch + " graph has no " + missing[s] + std::to_string(il) +
+                                       " node, so the " + site_name(Site(s)) + " site cannot be read or steered";
+                break;
+            }
+        }
+        if (problems_[size_t(s)].empty() && !probe_error_.empty()) {
+            problems_[size_t(s)] = probe_error_;
+        }
+    }
+    // kqv_out-0 marks where each ubatch's graph begins: without it no site can be placed.
+    if (!problems_[size_t(Site::head)].empty()) {
+        for (int s = 1; s < n_sites; ++s) {
+            problems_[size_t(s)] = problems_[size_t(Site::head)];
+        }
+    }
+}
+
+std::string Engine::neuron_node(int32_t il) const {
+    if (il < 0 || il >= shape_.n_layer) {
+        throw std::out_of_range("layer " + std::to_string(il) + " is outside [0, " + std::to_string(shape_.n_layer) + ")");
+    }
+    return neuron_base_[size_t(il)].empty() ? std::string() : neuron_base_[size_t(il)] + "-" + std::to_string(il);
+}
+
+// ---- configuration ----
+
+void Engine::set_mask(Site site, int32_t il, const std::vector<int32_t> & units) {
+    if (!problems_[size_t(site)].empty()) {
+        throw std::invalid_argument(problems_[size_t(site)]);
+    }
+    if (il < 0 || il >= shape_.n_layer) {
+        throw std::out_of_range("layer " + std::to_string(il) + " is outside [0, " + std::to_string(shape_.n_layer) + ")");
+    }
+    ranges_[size_t(site)][size_t(il)] = unit_ranges(units, shape_.unit_width(site), shape_.n_units(site));
+}
+
+void Engine::clear_mask() {
+    for (auto & per_layer : ranges_) {
+        for (auto & r : per_layer) {
+            r.clear();
+        }
+    }
+}
+
+bool Engine::steering() const {
+    if (delta_ == 0.0f) {
+        return false;
+    }
+    for (const auto & per_layer : ranges_) {
+        for (const auto & r : per_layer) {
+            if (!r.empty()) {
+                return true;
+            }
+        }
+    }
+    return false;
+}
+
+void Engine::set_record(Site site, bool on) {
+    if (on && !problems_[size_t(site)].empty()) {
+        throw std::invalid_argument(problems_[size_t(site)]);
+    }
+    record_[size_t(site)] = on;
+}
+
+void Engine::set_accumulate_slot(int32_t slot) {
+    if (slot < -1) {
+        throw std::invalid_argument("accumulator slot must be >= 0, or -1 to stop");
+    }
+    acc_slot_ = slot;
+    while (slot >= 0 && int32_t(slots_.size()) <= slot) {
+        Accumulator acc;
+        for (int s = 0; s < n_sites; ++s) {
+            acc.sums[size_t(s)].assign(size_t(shape_.n_layer * shape_.width(Site(s))), 0.0);
+            acc.counts[size_t(s)].assign(size_t(shape_.n_layer), 0);
+        }
+        slots_.push_back(std::move(acc));
+    }
+}
+
+void Engine::clear_records() {
+    for (auto & c : captured_) {
+        c.clear();
+        c.shrink_to_fit();
+    }
+    captured_pos_.clear();
+    slots_.clear();
+    acc_slot_ = -1;
+}
+
+const std::vector<double> & Engine::sums(int32_t slot, Site site) const {
+    if (slot < 0 || slot >= n_slots()) {
+        throw std::out_of_range("no accumulator slot " + std::to_string(slot));
+    }
+    return slots_[size_t(slot)].sums[size_t(site)];
+}
+
+const std::vector<int64_t> & Engine::counts(int32_t slot, Site site) const {
+    if (slot < 0 || slot >= n_slots()) {
+        throw std::out_of_range("no accumulator slot " + std::to_string(slot));
+    }
+    return slots_[size_t(slot)].counts[size_t(site)];
+}
+
+// ---- one decode ----
+
+void Engine::begin_decode(const llama_batch & batch, const std::vector<int32_t> & steer_rows,
+                          const std::vector<int32_t> & record_rows) {
+    const bool steer  = steering() && !steer_rows.empty();
+    const bool record = (record_[0] || record_[1] || record_[2]) && !record_rows.empty() && (capture_ || acc_slot_ >= 0);
+    static const std::vector<int32_t> none;
+    std::vector<UbatchPlan> plans;
+    if (steer || record) {  // plans first: a bad row list throws before any state changes
+        plans = plan_ubatches(batch.n_tokens, n_ubatch_, batch.logits, steer ? steer_rows : none,
+                              record ? record_rows : none);
+    }
+    failed_     = false;
+    error_.clear();
+    ubatch_     = -1;
+    steer_now_  = steer;
+    record_now_ = record;
+    active_     = steer || record;
+    plans_      = std::move(plans);
+
+    if (record_now_ && capture_) {
+        capture_base_ = n_captured();
+        for (int32_t row : record_rows) {
+            captured_pos_.push_back(batch.pos != nullptr ? batch.pos[row] : -1);
+        }
+        for (int s = 0; s < n_sites; ++s) {
+            if (record_[size_t(s)]) {
+                const size_t n = size_t(n_captured() * shape_.n_layer * shape_.width(Site(s)));
+                captured_[size_t(s)].resize(n, std::numeric_limits<float>::quiet_NaN());
+            }
+        }
+    }
+}
+
+std::string Engine::end_decode() {
+    if (active_ && !failed_ && ubatch_ + 1 != int32_t(plans_.size())) {
+        fail("llama.cpp computed " + std::to_string(ubatch_ + 1) + " graphs for a batch planned as " +
+             std::to_string(plans_.size()) + " ubatches of at most " + std::to_string(n_ubatch_) +
+             " tokens; rows could not be placed (is n_ubatch right?)");
+    }
+    active_ = false;
+    plans_.clear();
+    std::string err;
+    err.swap(error_);
+    failed_ = false;
+    return err;
+}
+
+// ---- the callback ----
+
+int Engine::site_of(const ggml_tensor * t, const NodeName & nn) const {
+    if (nn.base == head_node) {
+        return int(Site::head);
+    }
+    if (nn.base == neuron_base_[size_t(nn.il)]) {
+        return int(Site::neuron);
+    }
+    if (nn.base == hidden_node && is_ffn_output(t)) {
+        return int(Site::hidden);
+    }
+    return -1;
+}
+
+bool Engine::on_node(ggml_tensor * t, bool ask) {
+    if (probing_) {
+        if (ask) {
+            probe_node(t);
+        }
+        return false;
+    }
+    if (!active_) {
+        return false;
+    }
+    if (failed_) {
+        return ask;
+    }
+    NodeName nn;
+    if (!parse_node_name(t->name, nn) || nn.il >= shape_.n_layer) {
+        return false;
+    }
+    const int s = site_of(t, nn);
+    if (s < 0) {
+        return false;
+    }
+    if (ask) {
+        if (s == int(Site::head) && nn.il == 0 && ++ubatch_ >= int32_t(plans_.size())) {
+            fail("llama.cpp computed more graphs than the " + std::to_string(plans_.size()) +
+                 " planned ubatches of this decode");
+            return true;
+        }
+        if (ubatch_ < 0) {
+            fail(std::string("node ") + t->name + " came before kqv_out-0; cannot tell which ubatch it belongs to");
+            return true;
+        }
+        return wanted(t, Site(s), nn.il);
+    }
+    return process(t, Site(s), nn.il);
+}
+
+bool Engine::wanted(const ggml_tensor * t, Site site, int32_t il) const {
+    const UbatchPlan & ub = plans_[size_t(ubatch_)];
+    if (steer_now_ && !ranges_[size_t(site)][size_t(il)].empty()) {
+        for (const Target & tg : ub.steer) {
+            if (tensor_row(ub, tg, t->ne[1]) != row_absent) {
+                return true;
+            }
+        }
+    }
+    if (record_now_ && record_[size_t(site)]) {
+        for (const Target & tg : ub.record) {
+            if (tensor_row(ub, tg, t->ne[1]) != row_absent) {
+                return true;
+            }
+        }
+    }
+    return false;
+}
+
+bool Engine::process(ggml_tensor * t, Site site, int32_t il) {
+    const int64_t width = shape_.width(site);
+    if (t->type != GGML_TYPE_F32 || t->nb[0] != sizeof(float) || t->ne[0] != width || t->ne[2] != 1 || t->ne[3] != 1) {
+        fail("node " + shape_text(t) + " is not the F32 [" + std::to_string(width) + ", rows] tensor the " +
+             site_name(site) + " site expects");
+        return false;
+    }
+    const UbatchPlan & ub = plans_[size_t(ubatch_)];
+    const ggml_backend_buffer_t buf = t->view_src != nullptr ? t->view_src->buffer : t->buffer;
+    const bool host = !force_copy_ && buf != nullptr && ggml_backend_buffer_is_host(buf);
+    const size_t row_bytes = size_t(width) * sizeof(float);
+
+    // Returns the target's row of t (copied into scratch_ on the device path), or nullptr.
+    auto row_of = [&](const Target & tg) -> float * {
+        const int32_t r = tensor_row(ub, tg, t->ne[1]);
+        if (r == row_mismatch) {
+            fail("node " + shape_text(t) + " has " + std::to_string(t->ne[1]) + " rows, but its ubatch has " +
+                 std::to_string(ub.n_tokens) + " tokens and " + std::to_string(ub.n_outputs) + " outputs");
+            return nullptr;
+        }
+        if (r == row_absent) {
+            return nullptr;
+        }
+        const size_t offset = size_t(r) * t->nb[1];
+        if (host) {
+            return reinterpret_cast<float *>(static_cast<char *>(t->data) + offset);
+        }
+        scratch_.resize(size_t(width));
+        ggml_backend_tensor_get(t, scratch_.data(), offset, row_bytes);
+        return scratch_.data();
+    };
+
+    if (record_now_ && record_[size_t(site)]) {
+        for (const Target & tg : ub.record) {
+            const float * x = row_of(tg);
+            if (x == nullptr) {
+                continue;
+            }
+            if (capture_) {
+                const int64_t slot = capture_base_ + tg.slot;
+                std::memcpy(captured_[size_t(site)].data() + (slot * shape_.n_layer + il) * width, x, row_bytes);
+            }
+            if (acc_slot_ >= 0) {
+                Accumulator & acc = slots_[size_t(acc_slot_)];
+                accumulate_row(acc.sums[size_t(site)].data() + int64_t(il) * width, x, width);
+                acc.counts[size_t(site)][size_t(il)] += 1;
+            }
+        }
+    }
+    const std::vector<Range> & ranges = ranges_[size_t(site)][size_t(il)];
+    if (steer_now_ && !ranges.empty()) {
+        for (const Target & tg : ub.steer) {
+            float * x = row_of(tg);
+            if (x == nullptr) {
+                continue;
+            }
+            scale_ranges(x, ranges, delta_);
+            if (!host) {
+                ggml_backend_tensor_set(t, x, size_t(tensor_row(ub, tg, t->ne[1])) * t->nb[1], row_bytes);
+            }
+        }
+    }
+    return !failed_;
+}
+
+}  // namespace sadi

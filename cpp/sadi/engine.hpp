@@ -1,0 +1,128 @@
+// The steering engine: one per llama_context, handed to llama.cpp as the eval callback's user_data.
+//
+// Per decode the caller says which batch rows to read (record) and which to scale (steer); the
+// engine maps them onto the rows of each ubatch's graph, asks the scheduler only for the site nodes
+// that hold such a row, and reads or edits them in place (host buffers) or through
+// ggml_backend_tensor_get/set (device buffers). The callback never throws: it records the first
+// error, cancels the rest of the compute and the caller collects the error with end_decode().
+#pragma once
+
+#include "sadi/kernels.hpp"
+#include "sadi/node_name.hpp"
+#include "sadi/row_map.hpp"
+#include "sadi/shape.hpp"
+
+#include <array>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+struct ggml_tensor;
+struct llama_batch;
+
+namespace sadi {
+
+class Engine {
+public:
+    explicit Engine(ModelShape shape);
+
+    // The ggml_backend_sched_eval_callback; user_data is the Engine.
+    static bool eval_callback(ggml_tensor * t, bool ask, void * user_data);
+
+    const ModelShape & shape() const { return shape_; }
+
+    // The context's n_ubatch: how llama_decode splits a batch.
+    void set_n_ubatch(int32_t n_ubatch);
+    // Use ggml_backend_tensor_get/set even on host buffers (tests the device path on the CPU).
+    void set_force_copy(bool on) { force_copy_ = on; }
+    bool force_copy() const { return force_copy_; }
+
+    // Topology probe: decode one token between these calls. The engine then knows each layer's
+    // neuron node and which sites this model's graph has.
+    void begin_probe();
+    void end_probe();
+    // Empty when the site can be read and steered, else why not (names the missing tensor).
+    const std::string & site_problem(Site site) const { return problems_[size_t(site)]; }
+    // The node that feeds ffn_down in layer il, e.g. "ffn_geglu-3".
+    std::string neuron_node(int32_t il) const;
+
+    // Steering: the masked units of each (site, layer) and the factor delta.
+    void set_mask(Site site, int32_t il, const std::vector<int32_t> & units);
+    void clear_mask();
+    void set_delta(float delta) { delta_ = delta; }
+    float delta() const { return delta_; }
+    // True when steering would change anything: some unit masked and delta != 0.
+    bool steering() const;
+
+    // Recording: which sites, and what to keep of each recorded row.
+    void set_record(Site site, bool on);
+    bool record(Site site) const { return record_[size_t(site)]; }
+    void set_capture(bool on) { capture_ = on; }
+    // Add recorded rows into accumulator `slot` (>= 0), or stop accumulating (-1).
+    void set_accumulate_slot(int32_t slot);
+    void clear_records();
+
+    int64_t n_captured() const { return int64_t(captured_pos_.size()); }
+    // [n_captured][n_layer][width] floats; NaN where the graph held no such row.
+    const std::vector<float> & captured(Site site) const { return captured_[size_t(site)]; }
+    const std::vector<int32_t> & captured_pos() const { return captured_pos_; }
+    int32_t n_slots() const { return int32_t(slots_.size()); }
+    // [n_layer][width] sums and [n_layer] row counts of accumulator `slot`.
+    const std::vector<double> & sums(int32_t slot, Site site) const;
+    const std::vector<int64_t> & counts(int32_t slot, Site site) const;
+
+    // Brackets one llama_decode of `batch`. Rows are batch rows, sorted and unique.
+    void begin_decode(const llama_batch & batch, const std::vector<int32_t> & steer_rows,
+                      const std::vector<int32_t> & record_rows);
+    // Ends the decode; returns the error the callback met, or "" when all went well.
+    std::string end_decode();
+
+private:
+    struct Accumulator {
+        std::array<std::vector<double>, n_sites>  sums;
+        std::array<std::vector<int64_t>, n_sites> counts;
+    };
+
+    bool on_node(ggml_tensor * t, bool ask);
+    void probe_node(const ggml_tensor * t);
+    int site_of(const ggml_tensor * t, const NodeName & nn) const;
+    bool wanted(const ggml_tensor * t, Site site, int32_t il) const;
+    bool process(ggml_tensor * t, Site site, int32_t il);
+    void fail(const std::string & msg);
+
+    ModelShape shape_;
+    int32_t n_ubatch_  = 512;
+    bool force_copy_   = false;
+
+    // topology, from the probe
+    bool probing_ = false;
+    std::vector<std::string> neuron_base_;  // per layer
+    std::array<std::string, n_sites> problems_;
+    std::array<std::vector<char>, n_sites> probe_seen_;
+    std::string probe_error_;
+
+    // steering
+    std::array<std::vector<std::vector<Range>>, n_sites> ranges_;  // [site][layer]
+    float delta_ = 0.0f;
+
+    // recording
+    std::array<bool, n_sites> record_{};
+    bool capture_ = false;
+    int32_t acc_slot_ = -1;
+    std::array<std::vector<float>, n_sites> captured_;
+    std::vector<int32_t> captured_pos_;
+    std::vector<Accumulator> slots_;
+
+    // the decode in flight
+    bool active_ = false;
+    bool steer_now_ = false;
+    bool record_now_ = false;
+    int64_t capture_base_ = 0;
+    std::vector<UbatchPlan> plans_;
+    int32_t ubatch_ = -1;
+    bool failed_ = false;
+    std::string error_;
+    std::vector<float> scratch_;
+};
+
+}  // namespace sadi

@@ -1,0 +1,25 @@
+// The arithmetic of SADI on one row of activations.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace sadi {
+
+// A run of consecutive values in a row.
+struct Range {
+    int64_t begin = 0;
+    int64_t len   = 0;
+};
+
+// The value ranges covered by `units` (each unit_width values wide), adjacent units merged.
+// Units are sorted first; std::invalid_argument for a unit outside [0, n_units) or a repeat.
+std::vector<Range> unit_ranges(std::vector<int32_t> units, int64_t unit_width, int64_t n_units);
+
+// SADI's edit a' = a + delta * a on the values in `ranges`; all other values are untouched.
+void scale_ranges(float * row, const std::vector<Range> & ranges, float delta);
+
+// sum[i] += row[i], in double so that long runs do not lose small differences.
+void accumulate_row(double * sum, const float * row, int64_t n);
+
+}  // namespace sadi

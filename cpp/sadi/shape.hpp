@@ -1,0 +1,37 @@
+// Model shape and the three SADI sites. Knows llama.h, nothing of Python.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+struct llama_model;
+
+namespace sadi {
+
+// The three kinds of units SADI steers (see docs/engine.md).
+enum class Site : int { head = 0, neuron = 1, hidden = 2 };
+constexpr int n_sites = 3;
+
+const char * site_name(Site site);
+
+struct ModelShape {
+    std::string arch;
+    int32_t n_layer  = 0;
+    int32_t n_head   = 0;
+    int32_t head_dim = 0;  // value head size: kqv_out is n_head*head_dim wide
+    int32_t n_ff     = 0;
+    int32_t n_embd   = 0;
+
+    // values in one row of the site's tensor
+    int64_t width(Site site) const;
+    // units SADI ranks and masks (heads, neurons, hidden elements)
+    int64_t n_units(Site site) const;
+    // values per unit: head_dim for heads, 1 otherwise
+    int64_t unit_width(Site site) const;
+};
+
+// Reads the shape from the model's hyper-parameters and GGUF metadata.
+// Throws std::runtime_error naming the missing key.
+ModelShape shape_from_model(const llama_model * model);
+
+}  // namespace sadi

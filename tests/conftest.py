@@ -1,0 +1,54 @@
+"""Shared fixtures: the tiny llama model (written once per session) and Llama factories."""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import numpy as np
+import pytest
+from llama_cpp import Llama
+
+from tiny_model import TinyLlama
+
+GGML_TYPE_F32 = 0
+
+
+@pytest.fixture(scope="session")
+def tiny() -> TinyLlama:
+    return TinyLlama()
+
+
+@pytest.fixture(scope="session")
+def tiny_path(tiny: TinyLlama, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny.write(tmp_path_factory.mktemp("models") / "tiny-llama-f32.gguf")
+
+
+@pytest.fixture
+def make_llama(tiny_path: Path):
+    """Llama on the tiny model with an f32 KV cache (the oracle computes in f32/f64 too)."""
+    made = []
+
+    def make(**kw) -> Llama:
+        args = dict(model_path=str(tiny_path), n_ctx=256, n_batch=256, n_ubatch=256, n_threads=2,
+                    type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32, verbose=False, logits_all=False)
+        args.update(kw)
+        llm = Llama(**args)
+        made.append(llm)
+        return llm
+
+    yield make
+    for llm in made:
+        llm.close()
+
+
+def last_logits(llm: Llama) -> np.ndarray:
+    """The logits of the last decoded output row."""
+    return np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),)).copy()
+
+
+def eval_fresh(llm: Llama, tokens) -> np.ndarray:
+    """Evaluate tokens from an empty cache; return the last token's logits."""
+    llm.reset()
+    llm.eval(list(tokens))
+    return last_logits(llm)

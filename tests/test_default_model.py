@@ -1,0 +1,58 @@
+"""The engine on the default model, Gemma 3 270M Q4_K_M (post-norms after attention and FFN)."""
+
+import numpy as np
+import pytest
+from conftest import eval_fresh
+
+import sadi_cpp
+
+
+@pytest.fixture(scope="module")
+def gemma():
+    hook = sadi_cpp.load(None, n_ctx=256, n_threads=2)
+    yield hook
+    hook.llm.close()
+
+
+@pytest.fixture(scope="module")
+def tokens(gemma):
+    return gemma.llm.tokenize(b"The capital of France is")
+
+
+def test_shape_and_sites(gemma):
+    assert gemma.shape == {"arch": "gemma3", "n_layer": 18, "n_head": 4, "head_dim": 256, "n_ff": 2048, "n_embd": 640}
+    assert gemma.sites == ("head", "neuron", "hidden")
+    assert gemma.engine.neuron_node(0) == "ffn_geglu-0"
+
+
+def test_one_head_changes_logits_a_whole_post_normed_row_does_not(gemma, tokens):
+    plain = eval_fresh(gemma.llm, tokens)
+    one = np.zeros((18, 4), bool)
+    one[5, 0] = True
+    with gemma.steering({"head": one}, delta=29.0):
+        steered = eval_fresh(gemma.llm, tokens)
+    assert np.abs(steered - plain).max() > 0.1
+    for layer in (0, 5, 17):
+        row = np.zeros((18, 4), bool)
+        row[layer, :] = True
+        with gemma.steering({"head": row}, delta=29.0):
+            assert np.array_equal(eval_fresh(gemma.llm, tokens), plain), layer
+    # ffn_out feeds an RMS post-norm too; in the first layers its rows are large next to the
+    # norm's eps (1e-6) and the factor is erased exactly (docs/engine.md has the later layers)
+    hidden_row = np.zeros((18, 640), bool)
+    hidden_row[0, :] = True
+    with gemma.steering({"hidden": hidden_row}, delta=29.0):
+        assert np.array_equal(eval_fresh(gemma.llm, tokens), plain)
+
+
+def test_host_and_copy_paths_record_the_same_values(gemma, tokens):
+    got = []
+    for force_copy in (False, True):
+        gemma.engine.force_copy = force_copy
+        with gemma.recording(positions="all") as rec:
+            gemma.llm.eval(tokens)
+        got.append([rec.values(s) for s in sadi_cpp.SITES])
+    gemma.engine.force_copy = False
+    for host, copy in zip(*got):
+        assert not np.isnan(host).any()
+        assert np.array_equal(host, copy)
