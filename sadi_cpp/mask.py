@@ -1,0 +1,182 @@
+"""SADI steps 1 and 2: mean (positive - negative) differences per unit, and the top-K mask.
+
+>>> import sadi_cpp
+>>> from sadi_cpp.mask import build_mask
+>>> hook = sadi_cpp.load()
+>>> m = build_mask(hook, "examples/sentiment_pairs.jsonl", site="head", top_k=5)
+>>> m.save("gemma.sentiment.head.sadi.gguf")
+>>> with hook.steering(m, delta=m.delta):
+...     print(hook.llm("The movie was", max_tokens=20)["choices"][0]["text"])
+>>> m20 = m.with_top_k(20)   # another K from the stored table, no pairs re-run
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+
+import numpy as np
+
+from sadi_cpp.errors import BadInputError
+from sadi_cpp.fingerprint import fingerprint_mismatch, model_fingerprint
+from sadi_cpp.hook import SITES, Hook, check_site
+from sadi_cpp.pairs import Pair, as_pairs, file_sha256, read_pairs
+
+# Defaults inside the paper's search ranges (heads K 1..10, neurons 3..500, hidden 1..20;
+# strength = 1 + delta in 5..80, neurons 10..90).
+DEFAULT_TOP_K = {"head": 5, "neuron": 100, "hidden": 10}
+DEFAULT_DELTA = {"head": 9.0, "neuron": 19.0, "hidden": 9.0}
+RANK_BY = ("signed", "abs")
+
+
+def select_top_k(mean_diff: np.ndarray, top_k: int, rank_by: str = "signed") -> np.ndarray:
+    """Bool mask of the top_k units across all layers, by signed value or by absolute value."""
+    if rank_by not in RANK_BY:
+        raise BadInputError(f"unknown ranking '{rank_by}': use signed or abs")
+    n = mean_diff.size
+    if not 1 <= top_k <= n:
+        raise BadInputError(f"top-k {top_k} is outside 1..{n} (the number of units at this site)")
+    score = np.abs(mean_diff) if rank_by == "abs" else mean_diff
+    order = np.argsort(-score.ravel(), kind="stable")[:top_k]
+    mask = np.zeros(n, dtype=bool)
+    mask[order] = True
+    return mask.reshape(mean_diff.shape)
+
+
+@dataclass
+class SadiMask:
+    """A SADI identification mask with the table it came from and the model it fits."""
+
+    site: str
+    mean_diff: np.ndarray  # [n_layer, n_units] float32
+    top_k: int
+    delta: float
+    positions: str = "last"
+    rank_by: str = "signed"
+    n_pairs: int = 0
+    pairs_sha256: str = ""
+    model: Dict[str, Any] = field(default_factory=dict)
+    tool_version: str = ""
+    mask: np.ndarray = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        check_site(self.site)
+        self.mean_diff = np.asarray(self.mean_diff, dtype=np.float32)
+        if self.mask is None:
+            self.mask = select_top_k(self.mean_diff, self.top_k, self.rank_by)
+
+    def units(self) -> Dict[str, np.ndarray]:
+        """{site: bool [n_layer, n_units]}: what Hook.steering takes."""
+        return {self.site: self.mask}
+
+    def with_top_k(self, top_k: int, rank_by: Optional[str] = None) -> "SadiMask":
+        """The same table with another K (and ranking); no pairs are re-run."""
+        rank = rank_by or self.rank_by
+        return replace(self, top_k=top_k, rank_by=rank, mask=select_top_k(self.mean_diff, top_k, rank))
+
+    def top_units(self, n: Optional[int] = None) -> List[Tuple[int, int, float]]:
+        """(layer, unit, mean difference) of the masked units, strongest first."""
+        layers, units = np.nonzero(self.mask)
+        rows = [(int(l), int(u), float(self.mean_diff[l, u])) for l, u in zip(layers, units)]
+        key = (lambda r: -abs(r[2])) if self.rank_by == "abs" else (lambda r: -r[2])
+        return sorted(rows, key=key)[:n]
+
+    def check_fits(self, hook: Hook) -> None:
+        """BadInputError naming the differing fields when this mask was built for another model."""
+        have = model_fingerprint(hook.llm.model_path, hook.shape, hook.llm.n_vocab())
+        diff = fingerprint_mismatch(self.model, have)
+        if diff:
+            raise BadInputError(f"this mask was made for another model ({diff}); build one for this model with build-mask")
+
+    def save(self, path: Union[str, Path]) -> Path:
+        from sadi_cpp.sidecar import write_sidecar
+
+        return write_sidecar(self, path)
+
+    @classmethod
+    def load(cls, path: Union[str, Path]) -> "SadiMask":
+        from sadi_cpp.sidecar import read_sidecar
+
+        return read_sidecar(path)
+
+
+@dataclass
+class BuildStats:
+    n_used: int = 0
+    skipped: Dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def build_mask(
+    hook: Hook,
+    pairs: Union[str, Path, Iterable[Union[Pair, dict]]],
+    site: str = "head",
+    top_k: Optional[int] = None,
+    rank_by: str = "signed",
+    delta: Optional[float] = None,
+    strict: bool = False,
+    progress: Optional[Callable[[int], None]] = None,
+    stats: Optional[BuildStats] = None,
+) -> SadiMask:
+    """SADI steps 1-2 on ``hook``'s model. ``pairs``: a JSONL path or an iterable of Pair/dicts.
+
+    Each text is evaluated from an empty cache; the site's values at its last token are summed in
+    the engine's streaming accumulators (memory does not grow with the number of pairs). A pair
+    longer than the context is skipped and counted, or refused with ``strict``.
+    """
+    check_site(site)
+    if site not in hook.sites:
+        raise BadInputError(hook.engine.site_problem(site))
+    top_k = DEFAULT_TOP_K[site] if top_k is None else top_k
+    delta = DEFAULT_DELTA[site] if delta is None else delta
+    stats = stats if stats is not None else BuildStats()
+    pairs_hash = ""
+    if isinstance(pairs, (str, Path)):
+        pairs_hash = file_sha256(pairs)
+        pairs = read_pairs(pairs)
+    llm, n_ctx = hook.llm, hook.llm.n_ctx()
+    start = time.perf_counter()
+    with hook.recording(sites=(site,), capture=False) as rec:
+        for pair in as_pairs(pairs):
+            toks = [llm.tokenize(t.encode("utf-8")) for t in (pair.positive, pair.negative)]
+            if max(len(t) for t in toks) > n_ctx:
+                if strict:
+                    raise BadInputError(f"{pair.where}: {max(len(t) for t in toks)} tokens, longer than the context ({n_ctx}); raise --n-ctx or drop the pair")
+                stats.skipped["longer than the context"] = stats.skipped.get("longer than the context", 0) + 1
+            else:
+                for slot, t in enumerate(toks):
+                    rec.set_slot(slot)
+                    llm.reset()
+                    llm.eval(t)
+                stats.n_used += 1
+            if progress is not None:
+                progress(1)
+    stats.seconds = time.perf_counter() - start
+    if stats.n_used == 0:
+        raise BadInputError("no usable pairs: every pair was skipped (" + ", ".join(f"{n} {why}" for why, n in stats.skipped.items()) + ")")
+    diff = (rec.sums(site, 0) - rec.sums(site, 1)) / stats.n_used
+    mean_diff = hook.to_units(site, diff).astype(np.float32)
+    from sadi_cpp import __version__
+
+    return SadiMask(
+        site=site,
+        mean_diff=mean_diff,
+        top_k=top_k,
+        delta=float(delta),
+        rank_by=rank_by,
+        n_pairs=stats.n_used,
+        pairs_sha256=pairs_hash,
+        model=model_fingerprint(llm.model_path, hook.shape, llm.n_vocab()),
+        tool_version=__version__,
+    )
+
+
+def default_mask_path(model_path: Union[str, Path], pairs_path: Union[str, Path], site: str) -> Path:
+    """Beside the model: <model>.<pairs>.<site>.sadi.gguf"""
+    model_path, pairs_path = Path(model_path), Path(pairs_path)
+    return model_path.with_name(f"{model_path.stem}.{pairs_path.stem}.{site}.sadi.gguf")
+
+
+__all__ = ["SadiMask", "BuildStats", "build_mask", "select_top_k", "default_mask_path", "DEFAULT_TOP_K", "DEFAULT_DELTA", "SITES"]

@@ -1,0 +1,75 @@
+"""Contrastive pairs: reading and checking the JSONL file.
+
+One JSON object per line, either
+  {"prompt": P, "positive": A, "negative": B}   activations read at the last token of P+A and of P+B
+  {"positive": A, "negative": B}                 two whole texts
+Empty lines are skipped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, List, Union
+
+from sadi_cpp.errors import BadInputError
+
+
+@dataclass(frozen=True)
+class Pair:
+    positive: str  # the whole positive text (prompt + completion)
+    negative: str
+    where: str = ""  # "file:line", for messages
+
+
+def parse_pair(obj: object, where: str) -> Pair:
+    if not isinstance(obj, dict):
+        raise BadInputError(f"{where}: a pair must be a JSON object with 'positive' and 'negative'")
+    for key in ("positive", "negative"):
+        if key not in obj:
+            raise BadInputError(f"{where}: missing field '{key}' (each line needs 'positive' and 'negative', optionally 'prompt')")
+        if not isinstance(obj[key], str) or not obj[key]:
+            raise BadInputError(f"{where}: field '{key}' must be a non-empty string")
+    prompt = obj.get("prompt", "")
+    if not isinstance(prompt, str):
+        raise BadInputError(f"{where}: field 'prompt' must be a string")
+    return Pair(prompt + obj["positive"], prompt + obj["negative"], where)
+
+
+def read_pairs(path: Union[str, Path]) -> List[Pair]:
+    """All pairs of a JSONL file; BadInputError naming the file and line on any problem."""
+    p = Path(path)
+    if not p.is_file():
+        raise BadInputError(f"{p}: no such pairs file")
+    pairs: List[Pair] = []
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise BadInputError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        where = f"{p}:{i}"
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise BadInputError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+        pairs.append(parse_pair(obj, where))
+    if not pairs:
+        raise BadInputError(f"{p}: no pairs in the file (expected JSON lines with 'positive' and 'negative')")
+    return pairs
+
+
+def as_pairs(pairs: Iterable[Union[Pair, dict]]) -> Iterator[Pair]:
+    for i, item in enumerate(pairs, 1):
+        yield item if isinstance(item, Pair) else parse_pair(item, f"pair {i}")
+
+
+def file_sha256(path: Union[str, Path]) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
