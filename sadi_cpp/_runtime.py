@@ -17,6 +17,11 @@ def load_core():
         )
     import llama_cpp  # noqa: F401  (maps llama_cpp/lib/libllama before _core needs it)
 
-    from sadi_cpp import _core
-
+    try:
+        from sadi_cpp import _core
+    except ImportError as e:
+        raise ImportError(
+            f"sadi_cpp's compiled engine is missing ({e}). Install the package (pip install .) and do not "
+            "run Python from the source folder, whose sadi_cpp/ has no compiled _core."
+        ) from None
     return _core

@@ -136,7 +136,8 @@ def build_mask(
     if isinstance(pairs, (str, Path)):
         pairs_hash = file_sha256(pairs)
         pairs = read_pairs(pairs)
-    llm, n_ctx = hook.llm, hook.llm.n_ctx()
+    llm = hook.llm
+    n_ctx = min(llm.n_ctx(), int(llm.context_params.n_ctx))  # Llama sizes its buffers by the latter
     start = time.perf_counter()
     with hook.recording(sites=(site,), capture=False) as rec:
         for pair in as_pairs(pairs):

@@ -223,7 +223,7 @@ def test_two_models_in_one_process_keep_their_own_state(tiny, make_llama, tmp_pa
 
 
 @pytest.mark.parametrize("order", ["llama-first", "hook-first", "close-then-hook"])
-def test_freeing_in_any_order_is_safe(tiny_path, order):
+def test_freeing_in_any_order_is_safe(tiny_path, order, tmp_path):
     script = textwrap.dedent(f"""
         import gc, numpy as np, sadi_cpp
         from llama_cpp import Llama
@@ -241,7 +241,7 @@ def test_freeing_in_any_order_is_safe(tiny_path, order):
         gc.collect()
         print("clean exit")
     """)
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "clean exit" in res.stdout
 

@@ -5,7 +5,7 @@ import sys
 import textwrap
 
 
-def test_one_libggml_base_is_mapped(tiny_path):
+def test_one_libggml_base_is_mapped(tiny_path, tmp_path):
     script = textwrap.dedent(f"""
         import numpy as np, sadi_cpp
         from llama_cpp import Llama
@@ -20,7 +20,7 @@ def test_one_libggml_base_is_mapped(tiny_path):
                 paths.add(__import__("os").path.realpath(parts[5]))
         print("\\n".join(sorted(paths)))
     """)
-    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]
     mapped = res.stdout.split()
     assert len(mapped) == 1, mapped

@@ -1,0 +1,39 @@
+"""Reading the pairs file: both schemas, and clear errors naming file and line."""
+
+import pytest
+
+from sadi_cpp import BadInputError
+from sadi_cpp.pairs import read_pairs
+
+
+def write(tmp_path, text):
+    p = tmp_path / "pairs.jsonl"
+    p.write_text(text, encoding="utf-8")
+    return p
+
+
+def test_both_schemas(tmp_path):
+    p = write(tmp_path, '{"prompt": "Q: ", "positive": "yes", "negative": "no"}\n\n{"positive": "good", "negative": "bad"}\n')
+    pairs = read_pairs(p)
+    assert [(x.positive, x.negative) for x in pairs] == [("Q: yes", "Q: no"), ("good", "bad")]
+    assert pairs[1].where.endswith("pairs.jsonl:3")
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ('{"positive": "a", "negative": "b"}\n{"positive": "a",\n', r"pairs.jsonl:2: malformed JSON"),
+        ('{"positive": "a"}\n', r"pairs.jsonl:1: missing field 'negative'"),
+        ('{"positive": "a", "negative": 3}\n', r"pairs.jsonl:1: field 'negative' must be a non-empty string"),
+        ('["a", "b"]\n', r"pairs.jsonl:1: a pair must be a JSON object"),
+        ("\n\n", r"no pairs in the file"),
+    ],
+)
+def test_bad_files(tmp_path, text, message):
+    with pytest.raises(BadInputError, match=message):
+        read_pairs(write(tmp_path, text))
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(BadInputError, match="no such pairs file"):
+        read_pairs(tmp_path / "nope.jsonl")
