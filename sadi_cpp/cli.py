@@ -128,7 +128,7 @@ def build_mask_cmd(
         skipped = ", ".join(f"{n} {why}" for why, n in stats.skipped.items()) or "none"
         out.print(f"pairs used: {stats.n_used}, skipped: {skipped}, {stats.n_used / max(stats.seconds, 1e-9):.1f} pairs/s")
         out.print(_units_table(mask, 10))
-        out.print(f"mask written to {target}")
+        out.print(f"mask written to {target}", soft_wrap=True, highlight=False)
 
 
 def _units_table(mask: Any, n: int) -> Table:

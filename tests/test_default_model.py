@@ -56,3 +56,29 @@ def test_host_and_copy_paths_record_the_same_values(gemma, tokens):
     for host, copy in zip(*got):
         assert not np.isnan(host).any()
         assert np.array_equal(host, copy)
+
+
+def test_cli_end_to_end_on_the_default_model(tmp_path):
+    """build-mask on the shipped example pairs, inspect, generate: steering changes the text, delta 0 does not."""
+    import json
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from sadi_cpp.cli import app
+
+    runner = CliRunner()
+    pairs = Path(__file__).resolve().parents[1] / "examples" / "sentiment_pairs.jsonl"
+    mask = tmp_path / "gemma.sentiment.head.sadi.gguf"
+    res = runner.invoke(app, ["build-mask", str(pairs), "--site", "head", "-o", str(mask), "--n-ctx", "128", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["pairs_used"] == 180
+    res = runner.invoke(app, ["inspect", str(mask), "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["model"]["arch"] == "gemma3"
+    base = ["generate", "My opinion of the new phone is that it", "--mask", str(mask), "-n", "16", "--json", "--n-ctx", "128"]
+    res = runner.invoke(app, base + ["--positions", "all"])
+    out = json.loads(res.stdout)
+    assert res.exit_code == 0 and out["steered"] != out["unsteered"]
+    res = runner.invoke(app, base + ["--delta", "0"])
+    out = json.loads(res.stdout)
+    assert out["steered"] == out["unsteered"]

@@ -1,0 +1,138 @@
+"""The CLI on the tiny model: the flow, --json, and bad input (exit code 2, one line, no traceback)."""
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import sadi_cpp
+from sadi_cpp.cli import app
+from sadi_cpp.mask import SadiMask
+
+runner = CliRunner()
+PAIRS = "\n".join(
+    json.dumps({"prompt": f"Item {i}: ", "positive": p, "negative": n})
+    for i, (p, n) in enumerate([("good", "bad"), ("yes", "no"), ("warm", "cold"), ("fine", "poor")] * 2)
+)
+
+
+@pytest.fixture
+def pairs(tmp_path):
+    p = tmp_path / "pairs.jsonl"
+    p.write_text(PAIRS + "\n")
+    return p
+
+
+@pytest.fixture
+def built(tiny_path, pairs, tmp_path):
+    out = tmp_path / "tiny.pairs.head.sadi.gguf"
+    res = runner.invoke(app, ["build-mask", str(pairs), str(tiny_path), "--site", "head", "--top-k", "3", "-o", str(out), "--quiet"])
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def bad(args, *fragments):
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output
+    for f in fragments:
+        assert f in res.output, res.output
+    return res
+
+
+def test_version_and_help():
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and sadi_cpp.__version__ in res.output
+    for cmd in ("build-mask", "generate", "inspect"):
+        res = runner.invoke(app, [cmd, "--help"])
+        assert res.exit_code == 0 and "Usage" in res.output
+
+
+def test_build_mask_writes_a_sidecar_with_a_summary(tiny_path, pairs, tmp_path):
+    out = tmp_path / "m.sadi.gguf"
+    res = runner.invoke(app, ["build-mask", str(pairs), str(tiny_path), "--site", "neuron", "--top-k", "4", "-o", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout)
+    assert summary["pairs_used"] == 8 and summary["pairs_skipped"] == {} and len(summary["top_units"]) == 4
+    m = SadiMask.load(out)
+    assert m.site == "neuron" and m.top_k == 4 and m.n_pairs == 8 and m.model["arch"] == "llama"
+
+
+def test_default_path_is_beside_the_model(tiny_path, pairs, tmp_path):
+    import shutil
+
+    model = tmp_path / "copy.gguf"
+    shutil.copy(tiny_path, model)
+    res = runner.invoke(app, ["build-mask", str(pairs), str(model), "--site", "hidden", "-q"])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "copy.pairs.hidden.sadi.gguf").is_file()
+
+
+def test_inspect_and_plot(built, tmp_path):
+    res = runner.invoke(app, ["inspect", str(built), "--json", "--plot", str(tmp_path / "heat.png")])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.stdout)
+    assert info["site"] == "head" and info["top_k"] == 3 and len(info["top_units"]) == 3
+    assert (tmp_path / "heat.png").read_bytes()[:4] == b"\x89PNG"
+    res = runner.invoke(app, ["inspect", str(built)])
+    assert res.exit_code == 0 and "n_layer 3" in res.output
+
+
+def test_generate_delta_zero_is_unsteered_and_a_strong_delta_is_not(built, tiny_path):
+    base = ["generate", str(tiny_path), "Item 9: ", "--mask", str(built), "-n", "8", "--json"]
+    res = runner.invoke(app, base + ["--delta", "0"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    assert out["steered"] == out["unsteered"]
+    res = runner.invoke(app, base + ["--delta", "40", "--positions", "all"])
+    out = json.loads(res.stdout)
+    assert out["steered"] != out["unsteered"]
+
+
+def test_generate_streams_text(built, tiny_path):
+    res = runner.invoke(app, ["generate", str(tiny_path), "Item 9: ", "--mask", str(built), "-n", "4"])
+    assert res.exit_code == 0, res.output
+    assert res.stdout.endswith("\n") and len(res.stdout) > 1
+
+
+def test_bad_pairs_files(tiny_path, tmp_path):
+    p = tmp_path / "p.jsonl"
+    p.write_text('{"positive": "a", "negative": "b"}\n{oops}\n')
+    bad(["build-mask", str(p), str(tiny_path)], "p.jsonl:2", "malformed JSON")
+    p.write_text('{"positive": "a"}\n')
+    bad(["build-mask", str(p), str(tiny_path)], "p.jsonl:1", "missing field 'negative'")
+    p.write_text("")
+    bad(["build-mask", str(p), str(tiny_path)], "no pairs")
+
+
+def test_long_pairs_skip_or_fail_with_strict(tiny_path, tmp_path):
+    p = tmp_path / "p.jsonl"
+    p.write_text(PAIRS + "\n" + json.dumps({"positive": "z" * 400, "negative": "a"}) + "\n")
+    res = runner.invoke(app, ["build-mask", str(p), str(tiny_path), "--n-ctx", "128", "-o", str(tmp_path / "m.gguf"), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["pairs_skipped"] == {"longer than the context": 1}
+    bad(["build-mask", str(p), str(tiny_path), "--n-ctx", "128", "--strict", "-o", str(tmp_path / "s.gguf")], "p.jsonl:9", "--n-ctx")
+    assert not (tmp_path / "s.gguf").exists()
+
+
+def test_bad_models_options_and_masks(tiny, tiny_path, pairs, built, tmp_path):
+    not_gguf = tmp_path / "model.bin"
+    not_gguf.write_bytes(b"\x00" * 64)
+    bad(["build-mask", str(pairs), str(not_gguf)], "model.bin", "not a GGUF")
+    bad(["build-mask", str(pairs), str(tiny_path), "--site", "mlp"], "unknown site 'mlp'")
+    bad(["build-mask", str(pairs), str(tiny_path), "--top-k", "13", "-o", str(tmp_path / "k.gguf")], "top-k 13", "1..12")
+    assert not (tmp_path / "k.gguf").exists()
+
+    from tiny_model import TinyLlama
+
+    other = TinyLlama(n_ff=64, seed=5).write(tmp_path / "other.gguf")
+    bad(["generate", str(other), "hi", "--mask", str(built)], "another model", "n_ff: mask 48, model 64")
+
+    data = built.read_bytes()
+    cut = tmp_path / "cut.sadi.gguf"
+    cut.write_bytes(data[: len(data) // 3])
+    bad(["inspect", str(cut)], "cut.sadi.gguf", "truncated or corrupted")
+    bad(["generate", str(tiny_path), "hi", "--mask", str(cut)], "cut.sadi.gguf")
+    bad(["inspect", str(tmp_path / "none.gguf")], "no such mask file")
+    bad(["generate", "a", "b", "c", "--mask", str(built)], "expected [MODEL] PROMPT")
