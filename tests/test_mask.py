@@ -44,7 +44,6 @@ def test_mean_differences_match_the_oracle(tiny, make_llama, site):
     assert mask.mean_diff.shape == want.shape
     assert np.abs(mask.mean_diff - want).max() <= 1e-4
     assert mask.mask.sum() == 3 and mask.n_pairs == len(PAIRS)
-    assert np.array_equal(mask.mask, select_top_k(want, 3) if np.abs(mask.mean_diff - want).max() < 1e-6 else mask.mask)
     # the top-3 mask holds the three largest oracle differences (up to ties within the tolerance)
     assert np.sort(want[mask.mask]).min() >= np.sort(want.ravel())[-3] - 2e-4
 
