@@ -148,7 +148,8 @@ def generate(
     delta: Annotated[Optional[float], typer.Option("--delta", help="Steering strength (default: the mask's recommended delta).")] = None,
     top_k: Annotated[Optional[int], typer.Option("--top-k", help="Use another K from the mask's stored table.")] = None,
     positions: Annotated[Optional[str], typer.Option("--positions", help="last | last+generated | all (default: the mask's).")] = None,
-    chat: Annotated[bool, typer.Option("--chat", help="Wrap the prompt in the model's chat template.")] = False,
+    chat: Annotated[bool, typer.Option("--chat", help="Wrap the prompt in the model's chat template (tokenizer.chat_template).")] = False,
+    chat_format: Annotated[Optional[str], typer.Option("--chat-format", help="Use this llama-cpp-python chat format instead (e.g. gemma, chatml); implies --chat.")] = None,
     compare: Annotated[bool, typer.Option("--compare", help="Print the unsteered and the steered output side by side.")] = False,
     max_tokens: Annotated[int, typer.Option("--max-tokens", "-n", help="Tokens to generate.")] = 64,
     temperature: Annotated[float, typer.Option("--temperature", "-t", help="Sampling temperature (0: greedy).")] = 0.0,
@@ -169,6 +170,7 @@ def generate(
     policy = check_policy(positions or m.positions)
     hook = _load(model, n_ctx, threads)
     m.check_fits(hook)
+    chat = _set_chat_format(hook, chat, chat_format)
     d = m.delta if delta is None else delta
     stream = not (compare or as_json)
 
@@ -202,6 +204,25 @@ def generate(
         table.add_column(f"steered ({m.site}, K={m.top_k}, delta={d:g})")
         table.add_row(unsteered, steered)
         out.print(table)
+
+
+def _set_chat_format(hook: "sadi_cpp.Hook", chat: bool, chat_format: Optional[str]) -> bool:
+    """Decide how --chat wraps the prompt; a model without a template needs an explicit format."""
+    from llama_cpp.llama_chat_format import LlamaChatCompletionHandlerRegistry
+
+    if chat_format is not None:
+        known = sorted(LlamaChatCompletionHandlerRegistry()._chat_handlers)
+        if chat_format not in known:
+            raise BadInputError(f"unknown --chat-format '{chat_format}': use one of {', '.join(known)}")
+        hook.llm.chat_handler = None
+        hook.llm.chat_format = chat_format
+        return True
+    if chat and "tokenizer.chat_template" not in hook.llm.metadata:
+        raise BadInputError(
+            f"{hook.llm.model_path}: this model has no chat template (tokenizer.chat_template) for --chat; "
+            "drop --chat, or name a format with --chat-format (e.g. gemma, chatml)"
+        )
+    return chat
 
 
 @app.command()

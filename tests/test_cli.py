@@ -136,3 +136,22 @@ def test_bad_models_options_and_masks(tiny, tiny_path, pairs, built, tmp_path):
     bad(["generate", str(tiny_path), "hi", "--mask", str(cut)], "cut.sadi.gguf")
     bad(["inspect", str(tmp_path / "none.gguf")], "no such mask file")
     bad(["generate", "a", "b", "c", "--mask", str(built)], "expected [MODEL] PROMPT")
+
+
+def test_generate_chat_uses_the_models_template_or_a_named_format(tiny, built, tiny_path, tmp_path):
+    bad(["generate", str(tiny_path), "hi", "--mask", str(built), "--chat"], "no chat template", "--chat-format")
+    bad(["generate", str(tiny_path), "hi", "--mask", str(built), "--chat-format", "nope"], "unknown --chat-format 'nope'")
+
+    def steered(model, prompt, *extra):
+        res = runner.invoke(app, ["generate", str(model), prompt, "--mask", str(built), "-n", "6", "--json", *extra])
+        assert res.exit_code == 0, res.output
+        return json.loads(res.stdout)["steered"]
+
+    # A template that wraps the message in markers: --chat must generate exactly what the wrapped
+    # prompt generates without --chat (greedy), and something else than the bare prompt.
+    templated = tiny.write(tmp_path / "templated.gguf", chat_template="{{ bos_token }}{% for m in messages %}[[{{ m['content'] }}]]{% endfor %}")
+    with_chat = steered(templated, "Item 9: ", "--chat")
+    assert with_chat == steered(templated, "[[Item 9: ]]")
+    assert with_chat != steered(templated, "Item 9: ")
+    assert steered(tiny_path, "Item 9: ", "--chat-format", "chatml") == steered(
+        tiny_path, "<|im_start|>system\n<|im_end|>\n<|im_start|>user\nItem 9: <|im_end|>\n<|im_start|>assistant\n")

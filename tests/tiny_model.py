@@ -67,9 +67,10 @@ class TinyLlama:
     def n_vocab(self) -> int:
         return self.w["token_embd.weight"].shape[0]
 
-    def write(self, path: Path, n_expert: int = 0) -> Path:
+    def write(self, path: Path, n_expert: int = 0, chat_template: Optional[str] = None) -> Path:
         """Write the GGUF. ``n_expert > 0`` writes a mixture-of-experts FFN instead of the dense one
-        (no dense ffn_down: a model whose neuron and hidden sites the engine must refuse)."""
+        (no dense ffn_down: a model whose neuron and hidden sites the engine must refuse);
+        ``chat_template`` adds tokenizer.chat_template."""
         writer = gguf.GGUFWriter(str(path), "llama")
         writer.add_name("tiny-test-llama")
         writer.add_block_count(self.n_layer)
@@ -91,6 +92,8 @@ class TinyLlama:
         writer.add_eos_token_id(2)
         writer.add_unk_token_id(0)
         writer.add_add_bos_token(True)
+        if chat_template is not None:
+            writer.add_chat_template(chat_template)
         tensors = dict(self.w)
         if n_expert:
             writer.add_expert_count(n_expert)
