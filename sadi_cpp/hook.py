@@ -32,6 +32,8 @@ from sadi_cpp.positions import DEFAULT_POLICY, check_policy, rows_for
 _core = load_core()
 
 SITES = ("head", "neuron", "hidden")
+# Sites that can also be read and added to (not masked): the residual stream after each layer.
+RECORD_SITES = SITES + ("residual",)
 
 
 def _address(ptr: Any) -> int:
@@ -41,9 +43,9 @@ def _address(ptr: Any) -> int:
     return value
 
 
-def check_site(site: str) -> str:
-    if site not in SITES:
-        raise BadInputError(f"unknown site '{site}': use one of {', '.join(SITES)}")
+def check_site(site: str, allowed: Sequence[str] = SITES) -> str:
+    if site not in allowed:
+        raise BadInputError(f"unknown site '{site}': use one of {', '.join(allowed)}")
     return site
 
 
@@ -83,7 +85,7 @@ class Recording:
     """What a ``Hook.recording`` block read. Arrays are copies; the block's rows are in decode order.
 
     ``values(site)``: [n_rows, n_layer, width] float32 (head: n_head*head_dim values, heads
-    contiguous; neuron: n_ff; hidden: n_embd). NaN where the graph held no such row (a non-output
+    contiguous; neuron: n_ff; hidden and residual: n_embd). NaN where the graph held no such row (a non-output
     token in a layer that keeps output rows only). ``units(site)``: the same reduced to SADI's units,
     heads averaged over head_dim. ``sums``/``counts``: the streaming accumulators.
     """
@@ -224,8 +226,13 @@ class Hook:
         return tuple(s for s in SITES if not self.engine.site_problem(s))
 
     def n_units(self, site: str) -> int:
-        check_site(site)
-        return {"head": self.shape["n_head"], "neuron": self.shape["n_ff"], "hidden": self.shape["n_embd"]}[site]
+        check_site(site, RECORD_SITES)
+        s = self.shape
+        return {"head": s["n_head"], "neuron": s["n_ff"], "hidden": s["n_embd"], "residual": s["n_embd"]}[site]
+
+    def width(self, site: str) -> int:
+        """Values in one row of the site's tensor (heads: n_head * head_dim)."""
+        return self.n_units(site) * (self.shape["head_dim"] if site == "head" else 1)
 
     def to_units(self, site: str, values: np.ndarray) -> np.ndarray:
         """Reduce site values [..., width] to SADI units: heads become their mean over head_dim."""
@@ -247,33 +254,72 @@ class Hook:
             raise UnsupportedModelError(str(e)) from None
 
     @contextlib.contextmanager
-    def steering(self, mask: Mapping[str, Any], delta: float, positions: str = DEFAULT_POLICY) -> Iterator["Hook"]:
+    def steering(
+        self,
+        mask: Optional[Mapping[str, Any]] = None,
+        delta: float = 0.0,
+        positions: str = DEFAULT_POLICY,
+        add: Optional[Mapping[str, Any]] = None,
+    ) -> Iterator["Hook"]:
         """Within the block, a' = a + delta * a on the masked units at the policy's positions.
 
         ``mask`` maps a site to a bool array [n_layer, n_units(site)] (or an object with
-        ``units()`` returning such a mapping, e.g. a loaded SADI mask). Steering is off again, and
-        the KV cache entries it touched are dropped, when the block ends.
+        ``units()`` returning such a mapping, e.g. a loaded SADI mask). ``add`` maps a site
+        (``residual`` too) to float vectors [n_layer, width(site)] added to the same rows after the
+        scaling: the fixed-vector and CAA baselines; all-zero layers are skipped. Steering is off
+        again, and the KV cache entries it touched are dropped, when the block ends.
         """
-        self.set_steering(mask, delta, positions)
+        self.set_steering(mask, delta, positions, add=add)
         try:
             yield self
         finally:
             self.clear_steering()
 
-    def set_steering(self, mask: Mapping[str, Any], delta: float, positions: str = DEFAULT_POLICY) -> None:
+    def set_steering(
+        self,
+        mask: Optional[Mapping[str, Any]] = None,
+        delta: float = 0.0,
+        positions: str = DEFAULT_POLICY,
+        add: Optional[Mapping[str, Any]] = None,
+    ) -> None:
         """Turn steering on until :meth:`clear_steering` (the manual form of :meth:`steering`)."""
         check_policy(positions)
+        if mask is None:
+            mask = {}
         if hasattr(mask, "units") and callable(mask.units):
             mask = mask.units()
         if not math.isfinite(float(delta)):
             raise BadInputError(f"delta must be a finite number, got {delta}")
+        vectors = self._check_adds(add or {})
         self._set_mask(mask)
+        self.engine.clear_adds()
+        try:
+            for site, layer, vec in vectors:
+                self.engine.set_add(site, layer, vec)
+        except ValueError as e:
+            self.engine.clear_mask()
+            self.engine.clear_adds()
+            raise UnsupportedModelError(str(e)) from None
         self.engine.delta = float(delta)
         self._steer_policy = positions
         self._invalidate()
 
+    def _check_adds(self, add: Mapping[str, Any]) -> List[Tuple[str, int, np.ndarray]]:
+        out = []
+        for site, arr in add.items():
+            check_site(site, RECORD_SITES)
+            a = np.asarray(arr, dtype=np.float32)
+            want = (self.shape["n_layer"], self.width(site))
+            if a.shape != want:
+                raise BadInputError(f"the {site} vectors have shape {a.shape}; this model needs {want} (n_layer, width)")
+            if not np.isfinite(a).all():
+                raise BadInputError(f"the {site} vectors hold a NaN or an infinity")
+            out += [(site, layer, np.ascontiguousarray(a[layer])) for layer in range(want[0]) if a[layer].any()]
+        return out
+
     def clear_steering(self) -> None:
         self.engine.clear_mask()
+        self.engine.clear_adds()
         self.engine.delta = 0.0
         self._invalidate()
 
@@ -293,7 +339,7 @@ class Hook:
         rows). Recording starts from an empty KV cache, so every prompt token is evaluated.
         """
         check_policy(positions)
-        sites = tuple(check_site(s) for s in sites)
+        sites = tuple(check_site(s, RECORD_SITES) for s in sites)
         if self._record_policy is not None:
             raise SadiError("a recording is already running on this hook")
         self.engine.clear_records()
@@ -301,7 +347,7 @@ class Hook:
             for site in sites:
                 self.engine.set_record(site, True)
         except ValueError as e:
-            for site in SITES:
+            for site in RECORD_SITES:
                 self.engine.set_record(site, False)
             raise UnsupportedModelError(str(e)) from None
         self.engine.set_capture(capture)
@@ -312,7 +358,7 @@ class Hook:
             yield rec
         finally:
             rec._close(capture)
-            for site in SITES:
+            for site in RECORD_SITES:
                 self.engine.set_record(site, False)
             self.engine.set_capture(False)
             self.engine.clear_records()

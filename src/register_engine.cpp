@@ -20,7 +20,8 @@ Site to_site(const std::string & name) {
     if (name == "head") return Site::head;
     if (name == "neuron") return Site::neuron;
     if (name == "hidden") return Site::hidden;
-    throw py::value_error("unknown site '" + name + "': use head, neuron or hidden");
+    if (name == "residual") return Site::residual;
+    throw py::value_error("unknown site '" + name + "': use head, neuron, hidden or residual");
 }
 
 template <typename T>
@@ -64,6 +65,15 @@ void register_engine(py::module_ & m) {
                  e.set_mask(to_site(site), il, units);
              })
         .def("clear_mask", &Engine::clear_mask)
+        .def("set_add",
+             [](Engine & e, const std::string & site, int32_t il,
+                const py::array_t<float, py::array::c_style | py::array::forcecast> & values) {
+                 if (values.ndim() != 1) {
+                     throw py::value_error("the vector to add must be one-dimensional");
+                 }
+                 e.set_add(to_site(site), il, std::vector<float>(values.data(), values.data() + values.size()));
+             })
+        .def("clear_adds", &Engine::clear_adds)
         .def_property("delta", &Engine::delta, &Engine::set_delta)
         .def_property_readonly("steering", &Engine::steering)
         .def("set_record", [](Engine & e, const std::string & site, bool on) { e.set_record(to_site(site), on); })

@@ -10,8 +10,9 @@ from typing import Dict, Iterable, Optional, Tuple
 import gguf
 import numpy as np
 
-# Edits for the oracle: (site, layer) -> (rows, bool mask over the site's values, delta)
-Edits = Dict[Tuple[str, int], Tuple[Iterable[int], np.ndarray, float]]
+# Edits for the oracle: (site, layer) -> (rows, bool mask over the site's values, delta[, vector
+# added to those rows after the scaling]). Sites: head, neuron, hidden, residual (layer output).
+Edits = Dict[Tuple[str, int], tuple]
 
 
 @dataclass
@@ -145,10 +146,12 @@ class TinyLlama:
         def site(name: str, il: int, a: np.ndarray) -> np.ndarray:
             sites[(name, il)] = a.copy()
             if (name, il) in edits:
-                rows, mask, delta = edits[(name, il)]
+                rows, mask, delta, *add = edits[(name, il)]
                 a = a.copy()
                 for r in rows:
                     a[r, mask] = a[r, mask] + delta * a[r, mask]
+                    if add:
+                        a[r] = a[r] + np.asarray(add[0], dtype=np.float64)
             return a
 
         x = w["token_embd.weight"][tokens]
@@ -172,6 +175,6 @@ class TinyLlama:
             gate = h @ w[p + "ffn_gate.weight"].T
             act = site("neuron", il, gate / (1.0 + np.exp(-gate)) * (h @ w[p + "ffn_up.weight"].T))
             ffn = site("hidden", il, act @ w[p + "ffn_down.weight"].T)
-            x = x + ffn
+            x = site("residual", il, x + ffn)
         logits = self._rms(x, w["output_norm.weight"]) @ w["output.weight"].T
         return logits, sites

@@ -4,6 +4,7 @@
 #include <ggml.h>
 #include <llama.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <exception>
@@ -16,6 +17,7 @@ namespace {
 
 constexpr const char * head_node   = "kqv_out";
 constexpr const char * hidden_node = "ffn_out";
+constexpr const char * residual_node = "l_out";
 
 // Some architectures give the residual sum after the FFN the FFN output's name; the FFN output
 // itself is the node none of whose inputs carries its own name.
@@ -50,6 +52,9 @@ Engine::Engine(ModelShape shape) : shape_(std::move(shape)) {
     neuron_base_.assign(n_layer, std::string());
     for (auto & r : ranges_) {
         r.assign(n_layer, {});
+    }
+    for (auto & a : adds_) {
+        a.assign(n_layer, {});
     }
     for (auto & p : problems_) {
         p = "the model's graph has not been probed yet";
@@ -108,6 +113,9 @@ void Engine::probe_node(const ggml_tensor * t) {
     if (nn.base == head_node && !probe_seen_[size_t(Site::head)][il]) {
         probe_seen_[size_t(Site::head)][il] = 1;
         check_width(t, Site::head);
+    } else if (nn.base == residual_node && !probe_seen_[size_t(Site::residual)][il]) {
+        probe_seen_[size_t(Site::residual)][il] = 1;
+        check_width(t, Site::residual);
     } else if (nn.base == hidden_node && is_ffn_output(t) && !probe_seen_[size_t(Site::hidden)][il]) {
         probe_seen_[size_t(Site::hidden)][il] = 1;
         check_width(t, Site::hidden);
@@ -123,7 +131,7 @@ void Engine::probe_node(const ggml_tensor * t) {
 
 void Engine::end_probe() {
     probing_ = false;
-    const std::string missing[n_sites] = {"kqv_out-", "dense ffn_down input in layer ", "ffn_out-"};
+    const std::string missing[n_sites] = {"kqv_out-", "dense ffn_down input in layer ", "ffn_out-", "l_out-"};
     for (int s = 0; s < n_sites; ++s) {
         problems_[size_t(s)].clear();
         for (int32_t il = 0; il < shape_.n_layer; ++il) {
@@ -172,13 +180,37 @@ void Engine::clear_mask() {
     }
 }
 
-bool Engine::steering() const {
-    if (delta_ == 0.0f) {
-        return false;
+void Engine::set_add(Site site, int32_t il, const std::vector<float> & values) {
+    if (!problems_[size_t(site)].empty()) {
+        throw std::invalid_argument(problems_[size_t(site)]);
     }
-    for (const auto & per_layer : ranges_) {
-        for (const auto & r : per_layer) {
-            if (!r.empty()) {
+    if (il < 0 || il >= shape_.n_layer) {
+        throw std::out_of_range("layer " + std::to_string(il) + " is outside [0, " + std::to_string(shape_.n_layer) + ")");
+    }
+    if (!values.empty() && int64_t(values.size()) != shape_.width(site)) {
+        throw std::invalid_argument("a vector to add to the " + std::string(site_name(site)) + " site has " +
+                                    std::to_string(values.size()) + " values; it needs " +
+                                    std::to_string(shape_.width(site)));
+    }
+    adds_[size_t(site)][size_t(il)] = values;
+}
+
+void Engine::clear_adds() {
+    for (auto & per_layer : adds_) {
+        for (auto & a : per_layer) {
+            a.clear();
+        }
+    }
+}
+
+bool Engine::steers(Site site, int32_t il) const {
+    return (delta_ != 0.0f && !ranges_[size_t(site)][size_t(il)].empty()) || !adds_[size_t(site)][size_t(il)].empty();
+}
+
+bool Engine::steering() const {
+    for (int s = 0; s < n_sites; ++s) {
+        for (int32_t il = 0; il < shape_.n_layer; ++il) {
+            if (steers(Site(s), il)) {
                 return true;
             }
         }
@@ -237,7 +269,8 @@ const std::vector<int64_t> & Engine::counts(int32_t slot, Site site) const {
 void Engine::begin_decode(const llama_batch & batch, const std::vector<int32_t> & steer_rows,
                           const std::vector<int32_t> & record_rows) {
     const bool steer  = steering() && !steer_rows.empty();
-    const bool record = (record_[0] || record_[1] || record_[2]) && !record_rows.empty() && (capture_ || acc_slot_ >= 0);
+    const bool any_site = std::find(record_.begin(), record_.end(), true) != record_.end();
+    const bool record = any_site && !record_rows.empty() && (capture_ || acc_slot_ >= 0);
     static const std::vector<int32_t> none;
     std::vector<UbatchPlan> plans;
     if (steer || record) {  // plans first: a bad row list throws before any state changes
@@ -292,6 +325,9 @@ int Engine::site_of(const ggml_tensor * t, const NodeName & nn) const {
     if (nn.base == hidden_node && is_ffn_output(t)) {
         return int(Site::hidden);
     }
+    if (nn.base == residual_node) {
+        return int(Site::residual);
+    }
     return -1;
 }
 
@@ -333,7 +369,7 @@ bool Engine::on_node(ggml_tensor * t, bool ask) {
 
 bool Engine::wanted(const ggml_tensor * t, Site site, int32_t il) const {
     const UbatchPlan & ub = plans_[size_t(ubatch_)];
-    if (steer_now_ && !ranges_[size_t(site)][size_t(il)].empty()) {
+    if (steer_now_ && steers(site, il)) {
         for (const Target & tg : ub.steer) {
             if (tensor_row(ub, tg, t->ne[1]) != row_absent) {
                 return true;
@@ -399,14 +435,17 @@ bool Engine::process(ggml_tensor * t, Site site, int32_t il) {
             }
         }
     }
-    const std::vector<Range> & ranges = ranges_[size_t(site)][size_t(il)];
-    if (steer_now_ && !ranges.empty()) {
+    if (steer_now_ && steers(site, il)) {
+        const std::vector<float> & add = adds_[size_t(site)][size_t(il)];
         for (const Target & tg : ub.steer) {
             float * x = row_of(tg);
             if (x == nullptr) {
                 continue;
             }
-            scale_ranges(x, ranges, delta_);
+            scale_ranges(x, ranges_[size_t(site)][size_t(il)], delta_);
+            if (!add.empty()) {
+                add_row(x, add.data(), width);
+            }
             if (!host) {
                 ggml_backend_tensor_set(t, x, size_t(tensor_row(ub, tg, t->ne[1])) * t->nb[1], row_bytes);
             }

@@ -51,7 +51,10 @@ public:
     void clear_mask();
     void set_delta(float delta) { delta_ = delta; }
     float delta() const { return delta_; }
-    // True when steering would change anything: some unit masked and delta != 0.
+    // A vector [width] added to the steered rows of (site, layer) after the scaling; empty removes it.
+    void set_add(Site site, int32_t il, const std::vector<float> & values);
+    void clear_adds();
+    // True when steering would change anything: some unit masked and delta != 0, or a vector to add.
     bool steering() const;
 
     // Recording: which sites, and what to keep of each recorded row.
@@ -87,6 +90,7 @@ private:
     void probe_node(const ggml_tensor * t);
     int site_of(const ggml_tensor * t, const NodeName & nn) const;
     bool wanted(const ggml_tensor * t, Site site, int32_t il) const;
+    bool steers(Site site, int32_t il) const;
     bool process(ggml_tensor * t, Site site, int32_t il);
     void fail(const std::string & msg);
 
@@ -104,6 +108,7 @@ private:
     // steering
     std::array<std::vector<std::vector<Range>>, n_sites> ranges_;  // [site][layer]
     float delta_ = 0.0f;
+    std::array<std::vector<std::vector<float>>, n_sites> adds_;  // [site][layer], empty: none
 
     // recording
     std::array<bool, n_sites> record_{};

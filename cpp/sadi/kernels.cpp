@@ -36,6 +36,12 @@ void scale_ranges(float * row, const std::vector<Range> & ranges, float delta) {
     }
 }
 
+void add_row(float * row, const float * add, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) {
+        row[i] += add[i];
+    }
+}
+
 void accumulate_row(double * sum, const float * row, int64_t n) {
     for (int64_t i = 0; i < n; ++i) {
         sum[i] += double(row[i]);

@@ -19,6 +19,9 @@ std::vector<Range> unit_ranges(std::vector<int32_t> units, int64_t unit_width, i
 // SADI's edit a' = a + delta * a on the values in `ranges`; all other values are untouched.
 void scale_ranges(float * row, const std::vector<Range> & ranges, float delta);
 
+// A fixed vector added to a row: row[i] += add[i] (baselines: fixed vectors, CAA).
+void add_row(float * row, const float * add, int64_t n);
+
 // sum[i] += row[i], in double so that long runs do not lose small differences.
 void accumulate_row(double * sum, const float * row, int64_t n);
 

@@ -12,6 +12,7 @@ const char * site_name(Site site) {
         case Site::head:   return "head";
         case Site::neuron: return "neuron";
         case Site::hidden: return "hidden";
+        case Site::residual: return "residual";
     }
     return "?";
 }
@@ -21,6 +22,7 @@ int64_t ModelShape::width(Site site) const {
         case Site::head:   return int64_t(n_head) * head_dim;
         case Site::neuron: return n_ff;
         case Site::hidden: return n_embd;
+        case Site::residual: return n_embd;
     }
     return 0;
 }

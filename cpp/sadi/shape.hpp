@@ -8,9 +8,10 @@ struct llama_model;
 
 namespace sadi {
 
-// The three kinds of units SADI steers (see docs/engine.md).
-enum class Site : int { head = 0, neuron = 1, hidden = 2 };
-constexpr int n_sites = 3;
+// The three kinds of units SADI steers (see docs/engine.md), and the residual stream after each
+// layer (l_out), which baselines read and add to (CAA, control vectors).
+enum class Site : int { head = 0, neuron = 1, hidden = 2, residual = 3 };
+constexpr int n_sites = 4;
 
 const char * site_name(Site site);
 

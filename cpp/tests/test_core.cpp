@@ -102,6 +102,10 @@ void test_kernel() {
     const float add[3] = {0.5f, -1.0f, 2.0f};
     sadi::accumulate_row(sum.data(), add, 3);
     CHECK(sum[0] == 1.5 && sum[1] == 0.0 && sum[2] == 3.0);
+
+    std::vector<float> shifted = {1.0f, 2.0f, -3.0f};
+    sadi::add_row(shifted.data(), add, 3);
+    CHECK(shifted[0] == 1.5f && shifted[1] == 1.0f && shifted[2] == -1.0f);
 }
 
 }  // namespace
