@@ -364,6 +364,33 @@ class Hook:
             self.engine.clear_records()
             self._record_policy = None
 
+    # ---- scoring continuations ----
+
+    def continuation_logits(self, tokens: Sequence[int]) -> np.ndarray:
+        """Logits [len(tokens), n_vocab] for ``tokens`` decoded after the cached ones (``llm.n_tokens``).
+
+        They count as generated tokens for the position policy (steered only under
+        ``last+generated`` and ``all``); their KV entries are removed again, so the cache still
+        ends at the prompt and the next choice can be scored from the same place.
+        """
+        llm = self.llm
+        n0, n = llm.n_tokens, len(tokens)
+        if n == 0:
+            return np.zeros((0, llm.n_vocab()), np.float32)
+        if n0 + n > llm.n_ctx() or n > llm.n_batch:
+            raise BadInputError(f"a continuation of {n} tokens after {n0} does not fit the context ({llm.n_ctx()}) or batch ({llm.n_batch})")
+        batch = internals.LlamaBatch(n_tokens=n, embd=0, n_seq_max=1, verbose=False)
+        generated = self._generated
+        try:
+            batch.set_batch(list(tokens), n_past=n0, logits_all=True)
+            self._generated = True
+            self._ctx.decode(batch)
+            return np.ctypeslib.as_array(llama_cpp.llama_get_logits(self._ctx.ctx), shape=(n, llm.n_vocab())).copy()
+        finally:
+            self._generated = generated
+            batch.close()
+            self._ctx.kv_cache_seq_rm(-1, n0, -1)
+
     # ---- the Llama's eval/generate, wrapped ----
 
     def _invalidate(self) -> None:

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
@@ -22,7 +21,8 @@ import numpy as np
 from sadi_cpp.errors import BadInputError
 from sadi_cpp.fingerprint import fingerprint_mismatch, model_fingerprint
 from sadi_cpp.hook import SITES, Hook, check_site
-from sadi_cpp.pairs import Pair, as_pairs, file_sha256, read_pairs
+from sadi_cpp.contrast import Contrast, mean_differences
+from sadi_cpp.pairs import Pair
 
 # Defaults inside the paper's search ranges (heads K 1..10, neurons 3..500, hidden 1..20;
 # strength = 1 + delta in 5..80, neurons 10..90).
@@ -60,12 +60,22 @@ class SadiMask:
     model: Dict[str, Any] = field(default_factory=dict)
     tool_version: str = ""
     mask: np.ndarray = field(default=None)  # type: ignore[assignment]
+    # Head site only: the mean difference of every value [n_layer, n_head*head_dim] (the fixed-vector
+    # baseline adds these); for neurons and hidden elements a unit is one value, so it is mean_diff.
+    values: Optional[np.ndarray] = None
+    tuned: str = ""  # JSON summary of the tune run that chose top_k and delta, "" if none
 
     def __post_init__(self) -> None:
         check_site(self.site)
         self.mean_diff = np.asarray(self.mean_diff, dtype=np.float32)
+        if self.values is not None:
+            self.values = np.asarray(self.values, dtype=np.float32)
         if self.mask is None:
             self.mask = select_top_k(self.mean_diff, self.top_k, self.rank_by)
+
+    def value_table(self) -> Optional[np.ndarray]:
+        """Mean difference per value of the site's tensor [n_layer, width]; None if not stored."""
+        return self.mean_diff if self.site != "head" else self.values
 
     def units(self) -> Dict[str, np.ndarray]:
         """{site: bool [n_layer, n_units]}: what Hook.steering takes."""
@@ -124,53 +134,36 @@ def build_mask(
 
     Each text is evaluated from an empty cache; the site's values at its last token are summed in
     the engine's streaming accumulators (memory does not grow with the number of pairs). A pair
-    longer than the context is skipped and counted, or refused with ``strict``.
+    longer than the context is skipped and counted, or refused with ``strict``. Multiple-choice
+    items count as one pair per wrong choice.
     """
     check_site(site)
     if site not in hook.sites:
         raise BadInputError(hook.engine.site_problem(site))
     top_k = DEFAULT_TOP_K[site] if top_k is None else top_k
     delta = DEFAULT_DELTA[site] if delta is None else delta
-    stats = stats if stats is not None else BuildStats()
-    pairs_hash = ""
-    if isinstance(pairs, (str, Path)):
-        pairs_hash = file_sha256(pairs)
-        pairs = read_pairs(pairs)
-    llm = hook.llm
-    n_ctx = min(llm.n_ctx(), int(llm.context_params.n_ctx))  # Llama sizes its buffers by the latter
-    start = time.perf_counter()
-    with hook.recording(sites=(site,), capture=False) as rec:
-        for pair in as_pairs(pairs):
-            toks = [llm.tokenize(t.encode("utf-8")) for t in (pair.positive, pair.negative)]
-            if max(len(t) for t in toks) > n_ctx:
-                if strict:
-                    raise BadInputError(f"{pair.where}: {max(len(t) for t in toks)} tokens, longer than the context ({n_ctx}); raise --n-ctx or drop the pair")
-                stats.skipped["longer than the context"] = stats.skipped.get("longer than the context", 0) + 1
-            else:
-                for slot, t in enumerate(toks):
-                    rec.set_slot(slot)
-                    llm.reset()
-                    llm.eval(t)
-                stats.n_used += 1
-            if progress is not None:
-                progress(1)
-    stats.seconds = time.perf_counter() - start
-    if stats.n_used == 0:
-        raise BadInputError("no usable pairs: every pair was skipped (" + ", ".join(f"{n} {why}" for why, n in stats.skipped.items()) + ")")
-    diff = (rec.sums(site, 0) - rec.sums(site, 1)) / stats.n_used
-    mean_diff = hook.to_units(site, diff).astype(np.float32)
+    contrast = mean_differences(hook, pairs, sites=(site,), strict=strict, progress=progress)
+    if stats is not None:
+        stats.n_used, stats.skipped, stats.seconds = contrast.n_used, contrast.skipped, contrast.seconds
+    return mask_from_contrast(hook, contrast, site, top_k, delta, rank_by)
+
+
+def mask_from_contrast(hook: Hook, contrast: Contrast, site: str, top_k: int, delta: float, rank_by: str = "signed") -> SadiMask:
+    """SADI step 2 on statistics already gathered (see sadi_cpp.contrast)."""
     from sadi_cpp import __version__
 
+    llm = hook.llm
     return SadiMask(
         site=site,
-        mean_diff=mean_diff,
+        mean_diff=contrast.units(hook, site),
         top_k=top_k,
         delta=float(delta),
         rank_by=rank_by,
-        n_pairs=stats.n_used,
-        pairs_sha256=pairs_hash,
+        n_pairs=contrast.n_used,
+        pairs_sha256=contrast.pairs_sha256,
         model=model_fingerprint(llm.model_path, hook.shape, llm.n_vocab()),
         tool_version=__version__,
+        values=contrast.diffs[site].astype(np.float32) if site == "head" else None,
     )
 
 

@@ -3,6 +3,8 @@
 One JSON object per line, either
   {"prompt": P, "positive": A, "negative": B}   activations read at the last token of P+A and of P+B
   {"positive": A, "negative": B}                 two whole texts
+  {"prompt": P, "choices": [...], "label": i}    a multiple-choice item (sadi_cpp.mcdata): one pair
+                                                 P+correct vs P+wrong for each wrong choice
 Empty lines are skipped.
 """
 
@@ -38,6 +40,15 @@ def parse_pair(obj: object, where: str) -> Pair:
     return Pair(prompt + obj["positive"], prompt + obj["negative"], where)
 
 
+def parse_line(obj: object, where: str) -> List[Pair]:
+    """The pairs of one line: one pair, or one per wrong choice of a multiple-choice item."""
+    from sadi_cpp.mcdata import is_mc, parse_mc
+
+    if is_mc(obj):
+        return [Pair(pos, neg, where) for pos, neg in parse_mc(obj, where).pairs()]
+    return [parse_pair(obj, where)]
+
+
 def read_pairs(path: Union[str, Path]) -> List[Pair]:
     """All pairs of a JSONL file; BadInputError naming the file and line on any problem."""
     p = Path(path)
@@ -56,15 +67,18 @@ def read_pairs(path: Union[str, Path]) -> List[Pair]:
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise BadInputError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
-        pairs.append(parse_pair(obj, where))
+        pairs.extend(parse_line(obj, where))
     if not pairs:
-        raise BadInputError(f"{p}: no pairs in the file (expected JSON lines with 'positive' and 'negative')")
+        raise BadInputError(f"{p}: no pairs in the file (expected JSON lines with 'positive' and 'negative', or 'prompt', 'choices' and 'label')")
     return pairs
 
 
 def as_pairs(pairs: Iterable[Union[Pair, dict]]) -> Iterator[Pair]:
     for i, item in enumerate(pairs, 1):
-        yield item if isinstance(item, Pair) else parse_pair(item, f"pair {i}")
+        if isinstance(item, Pair):
+            yield item
+        else:
+            yield from parse_line(item, f"pair {i}")
 
 
 def file_sha256(path: Union[str, Path]) -> str:

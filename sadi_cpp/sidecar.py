@@ -17,6 +17,8 @@ ARCH = "sadi"  # never "controlvector": llama.cpp would load the file as a contr
 FORMAT_VERSION = 1
 MASK_TENSOR = "sadi.mask"
 TABLE_TENSOR = "sadi.mean_diff"
+VALUES_TENSOR = "sadi.mean_diff_values"  # optional: head site, every value of kqv_out
+TUNED_KEY = "tuned"  # optional: JSON summary of the tune run that set top_k and delta
 
 _STR_KEYS = ("site", "positions", "rank_by", "pairs_sha256", "tool_version")
 
@@ -43,8 +45,12 @@ def write_sidecar(mask: "Any", path: Union[str, Path]) -> Path:
                 w.add_string(f"{ARCH}.model.{key}", value)
             else:
                 w.add_uint32(f"{ARCH}.model.{key}", int(value))
+        if mask.tuned:
+            w.add_string(f"{ARCH}.{TUNED_KEY}", mask.tuned)
         w.add_tensor(MASK_TENSOR, mask.mask.astype(np.int8))
         w.add_tensor(TABLE_TENSOR, mask.mean_diff.astype(np.float32))
+        if mask.values is not None:
+            w.add_tensor(VALUES_TENSOR, mask.values.astype(np.float32))
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
@@ -90,6 +96,13 @@ def read_sidecar(path: Union[str, Path]) -> "Any":
     bits = np.array(tensors[MASK_TENSOR].data)
     if table.ndim != 2 or bits.shape != table.shape or table.shape[0] != model["n_layer"]:
         raise BadInputError(f"{path}: tensor shapes {bits.shape} and {table.shape} do not fit n_layer {model['n_layer']}")
+    values = None
+    if VALUES_TENSOR in tensors:
+        values = np.array(tensors[VALUES_TENSOR].data, dtype=np.float32)
+        want = (model["n_layer"], model["n_head"] * model["head_dim"])
+        if values.shape != want or not np.isfinite(values).all():
+            raise BadInputError(f"{path}: tensor {VALUES_TENSOR} has shape {values.shape} (want {want}) or is not finite; the file is corrupted")
+    tuned = reader.get_field(f"{ARCH}.{TUNED_KEY}")
     mask = bits.astype(bool)
     if int(mask.sum()) != meta["top_k"] or not np.isfinite(table).all():
         raise BadInputError(f"{path}: the mask does not hold top_k={meta['top_k']} units or the table is not finite; the file is corrupted")
@@ -105,4 +118,6 @@ def read_sidecar(path: Union[str, Path]) -> "Any":
         model=model,
         tool_version=meta["tool_version"],
         mask=mask,
+        values=values,
+        tuned=tuned.contents() if tuned is not None else "",
     )

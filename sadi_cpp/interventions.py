@@ -1,0 +1,85 @@
+"""What eval and tune compare: SADI and its baselines as steering configurations of a Hook.
+
+- ``sadi``:     a' = a + delta * (M ⊙ a) on the mask's top-K units (the input's own activations);
+- ``fixed``:    a' = a + alpha * (M ⊙ d), d the mean difference itself: a fixed steering vector on
+                the same units (the paper's Table 4 ablation);
+- ``random``:   SADI's scaling on K units of the same site drawn at random (seeded);
+- ``caa``:      a' = a + alpha * d_L on the residual stream after layer L, d_L the mean residual
+                difference (Rimsky et al.'s contrastive activation addition; llama.cpp control vectors).
+
+All act at the position policy's rows (default: the last prompt token), so they are compared on
+the same tokens; ``positions="all"`` is how llama.cpp applies a control vector.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
+
+import numpy as np
+
+from sadi_cpp.errors import BadInputError
+from sadi_cpp.hook import Hook
+
+METHODS = ("sadi", "fixed", "random", "caa")
+
+
+@dataclass
+class Intervention:
+    name: str
+    mask: Optional[Dict[str, np.ndarray]] = None  # {site: bool [n_layer, n_units]}
+    delta: float = 0.0
+    add: Optional[Dict[str, np.ndarray]] = None  # {site: float [n_layer, width]}
+
+    def apply(self, hook: Hook, positions: str) -> None:
+        if not self.mask and not self.add:
+            hook.clear_steering()
+        else:
+            hook.set_steering(self.mask, self.delta, positions, add=self.add)
+
+
+BASELINE = Intervention("baseline")
+
+
+def sadi(mask: Dict[str, np.ndarray], delta: float, name: str = "sadi") -> Intervention:
+    return Intervention(name, mask=mask, delta=float(delta))
+
+
+def fixed(hook: Hook, site: str, mask: np.ndarray, values: np.ndarray, alpha: float, name: str = "fixed") -> Intervention:
+    """Add alpha * mean difference on the masked units. ``values``: [n_layer, width] per-value differences."""
+    unit_values = np.repeat(mask, hook.shape["head_dim"], axis=1) if site == "head" else mask
+    if values.shape != unit_values.shape:
+        raise BadInputError(f"the {site} differences have shape {values.shape}; the mask covers {unit_values.shape}")
+    return Intervention(name, add={site: (alpha * np.where(unit_values, values, 0.0)).astype(np.float32)})
+
+
+def random_units(hook: Hook, site: str, top_k: int, delta: float, seed: int = 0, name: str = "random") -> Intervention:
+    """SADI's scaling on ``top_k`` units of ``site`` drawn uniformly over all layers, seeded."""
+    n_layer, n_units = hook.shape["n_layer"], hook.n_units(site)
+    if not 1 <= top_k <= n_layer * n_units:
+        raise BadInputError(f"top-k {top_k} is outside 1..{n_layer * n_units} for the {site} site")
+    picks = np.random.default_rng(seed).choice(n_layer * n_units, size=top_k, replace=False)
+    mask = np.zeros(n_layer * n_units, bool)
+    mask[picks] = True
+    return Intervention(name, mask={site: mask.reshape(n_layer, n_units)}, delta=float(delta))
+
+
+def caa(hook: Hook, directions: np.ndarray, alpha: float = 1.0, name: str = "caa") -> Intervention:
+    """Add alpha * directions [n_layer, n_embd] to the residual stream (zero rows: layer untouched)."""
+    want = (hook.shape["n_layer"], hook.shape["n_embd"])
+    if directions.shape != want:
+        raise BadInputError(f"residual directions have shape {directions.shape}; this model needs {want}")
+    return Intervention(name, add={"residual": (alpha * directions).astype(np.float32)})
+
+
+def one_layer(directions: np.ndarray, layer: int) -> np.ndarray:
+    """Keep one layer's direction, zero the others."""
+    if not 0 <= layer < directions.shape[0]:
+        raise BadInputError(f"layer {layer} is outside 0..{directions.shape[0] - 1}")
+    out = np.zeros_like(directions)
+    out[layer] = directions[layer]
+    return out
+
+
+def describe(iv: Intervention) -> Dict[str, Any]:
+    return {"name": iv.name, "delta": iv.delta, "sites": sorted(set((iv.mask or {}).keys()) | set((iv.add or {}).keys()))}

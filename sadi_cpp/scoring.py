@@ -1,0 +1,122 @@
+"""Log-likelihood scoring of multiple-choice items under several steering configurations.
+
+For each item the prompt is evaluated once up to its second-to-last token; each configuration
+then evaluates the last prompt token (the one the default policy steers) and each choice's
+tokens as a continuation. So a grid of N configurations costs one prompt evaluation plus about
+N single-token decodes per item, not N prompt evaluations (``positions="all"`` re-evaluates
+the whole prompt for each configuration, as it must).
+
+>>> import sadi_cpp
+>>> from sadi_cpp.mcdata import read_mc
+>>> from sadi_cpp.interventions import BASELINE, sadi
+>>> hook = sadi_cpp.load()
+>>> scores = score_items(hook, read_mc("sst2-dev.jsonl"), [BASELINE, sadi(mask.units(), 9.0)])
+>>> scores.correct().mean(axis=1)            # accuracy of each configuration
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+
+from sadi_cpp.errors import BadInputError
+from sadi_cpp.hook import Hook
+from sadi_cpp.interventions import Intervention
+from sadi_cpp.mcdata import MCItem
+from sadi_cpp.positions import DEFAULT_POLICY, check_policy
+
+
+@dataclass
+class Scores:
+    """logprob[c, i, j]: summed log-probability of choice j of item i under configuration c
+    (NaN past an item's last choice); n_tokens[i, j]: the choice's token count."""
+
+    names: List[str]
+    logprob: np.ndarray
+    n_tokens: np.ndarray
+    labels: np.ndarray
+
+    def predictions(self, normalize: bool = False) -> np.ndarray:
+        """[n_configs, n_items] index of the highest-scoring choice (``normalize``: per token)."""
+        lp = self.logprob / self.n_tokens[None] if normalize else self.logprob
+        return np.nanargmax(np.where(np.isnan(lp), -np.inf, lp), axis=2)
+
+    def correct(self, normalize: bool = False) -> np.ndarray:
+        return self.predictions(normalize) == self.labels[None]
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    x = logits.astype(np.float64)
+    m = x.max(axis=-1, keepdims=True)
+    return x - m - np.log(np.exp(x - m).sum(axis=-1, keepdims=True))
+
+
+def _tokens(hook: Hook, item: MCItem):
+    llm = hook.llm
+    prompt = llm.tokenize(item.prompt.encode("utf-8"))
+    conts = []
+    for choice in item.choices:
+        full = llm.tokenize((item.prompt + choice).encode("utf-8"))
+        # the choice's own tokens when the joint tokenization keeps the prompt's, else tokenized apart
+        cont = full[len(prompt):] if full[: len(prompt)] == prompt else llm.tokenize(choice.encode("utf-8"), add_bos=False)
+        if not cont:
+            raise BadInputError(f"{item.where}: choice {choice!r} has no tokens")
+        conts.append(cont)
+    n_ctx = min(llm.n_ctx(), int(llm.context_params.n_ctx))
+    longest = len(prompt) + max(len(c) for c in conts)
+    if longest > n_ctx:
+        raise BadInputError(f"{item.where}: {longest} tokens, longer than the context ({n_ctx}); raise --n-ctx or shorten the item")
+    return prompt, conts
+
+
+def score_items(
+    hook: Hook,
+    items: Sequence[MCItem],
+    configs: Sequence[Intervention],
+    positions: str = DEFAULT_POLICY,
+    progress: Optional[Callable[[int], None]] = None,
+) -> Scores:
+    """Score every choice of every item under every configuration (see the module docstring)."""
+    check_policy(positions)
+    if not items:
+        raise BadInputError("no items to score")
+    llm = hook.llm
+    n_choices = max(len(it.choices) for it in items)
+    logprob = np.full((len(configs), len(items), n_choices), np.nan)
+    n_tokens = np.ones((len(items), n_choices))
+    try:
+        for i, item in enumerate(items):
+            prompt, conts = _tokens(hook, item)
+            for j, c in enumerate(conts):
+                n_tokens[i, j] = len(c)
+            # Every configuration sees the prompt split the same way: all but the last token in one
+            # decode, then the last token alone. llama.cpp's logits depend on the split (docs/eval.md).
+            prefix_ready = False
+            for c, config in enumerate(configs):
+                if positions == "all":
+                    config.apply(hook, positions)  # every prompt token is steered: evaluate it all
+                    llm.n_tokens = 0
+                    llm.eval(prompt[:-1])
+                else:
+                    if not prefix_ready:  # the prefix is never steered under last / last+generated
+                        hook.clear_steering()
+                        llm.n_tokens = 0
+                        llm.eval(prompt[:-1])
+                        prefix_ready = True
+                    config.apply(hook, positions)
+                llm.n_tokens = len(prompt) - 1
+                llm.eval(prompt[-1:])
+                first = _log_softmax(np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),)))
+                for j, cont in enumerate(conts):
+                    total = first[cont[0]]
+                    if len(cont) > 1:
+                        rows = _log_softmax(hook.continuation_logits(cont[:-1]))
+                        total += rows[np.arange(len(cont) - 1), cont[1:]].sum()
+                    logprob[c, i, j] = total
+            if progress is not None:
+                progress(1)
+    finally:
+        hook.clear_steering()
+    return Scores([cfg.name for cfg in configs], logprob, n_tokens, np.array([it.label for it in items]))

@@ -1,0 +1,62 @@
+"""Paired comparison of two configurations on the same items: accuracy, difference, 95% bootstrap
+intervals (percentile, items resampled with replacement, seeded) and the answers flipped."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, Tuple
+
+import numpy as np
+
+N_BOOT = 2000
+
+
+def bootstrap_ci(correct: np.ndarray, n_boot: int = N_BOOT, seed: int = 0) -> Tuple[float, float]:
+    """95% interval of the mean of a 0/1 vector."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(correct), size=(n_boot, len(correct)))
+    means = correct[idx].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+@dataclass
+class Paired:
+    n: int
+    base_acc: float
+    base_ci: Tuple[float, float]
+    acc: float
+    ci: Tuple[float, float]
+    diff: float
+    diff_ci: Tuple[float, float]
+    fixed: int  # wrong without steering, right with it
+    broken: int  # right without, wrong with
+
+    @property
+    def significant(self) -> bool:
+        """The interval of the difference excludes 0."""
+        return self.diff_ci[0] > 0 or self.diff_ci[1] < 0
+
+    def as_dict(self) -> Dict[str, Any]:
+        d = asdict(self)
+        d["significant"] = self.significant
+        return d
+
+
+def paired(base: np.ndarray, other: np.ndarray, n_boot: int = N_BOOT, seed: int = 0) -> Paired:
+    """Compare two bool vectors of per-item correctness (same items, same order)."""
+    base, other = np.asarray(base, float), np.asarray(other, float)
+    if base.shape != other.shape or base.ndim != 1 or len(base) == 0:
+        raise ValueError("paired() needs two non-empty correctness vectors of one length")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(base), size=(n_boot, len(base)))
+    d = other - base
+
+    def ci(x: np.ndarray) -> Tuple[float, float]:
+        lo, hi = np.percentile(x[idx].mean(axis=1), [2.5, 97.5])
+        return float(lo), float(hi)
+
+    return Paired(
+        n=len(base), base_acc=float(base.mean()), base_ci=ci(base), acc=float(other.mean()), ci=ci(other),
+        diff=float(d.mean()), diff_ci=ci(d), fixed=int(((base == 0) & (other == 1)).sum()), broken=int(((base == 1) & (other == 0)).sum()),
+    )

@@ -1,0 +1,82 @@
+"""Multiple-choice scoring against the tiny model's numpy oracle."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import sadi_cpp
+from sadi_cpp.interventions import BASELINE, Intervention, sadi
+from sadi_cpp.mcdata import MCItem
+from sadi_cpp.scoring import score_items
+
+ITEMS = [
+    MCItem("Item 1: the sky is", (" blue", " green", " loud!"), 0),
+    MCItem("Q: 2+2=", (" 4", " five"), 1),
+    MCItem("Once upon a time", (" there", " x"), 0),
+]
+
+
+def head_mask(tiny):
+    m = np.zeros((tiny.n_layer, tiny.n_head), bool)
+    m[0, 1] = m[2, 3] = True
+    return m
+
+
+def oracle_scores(tiny, llm, item, mask=None, delta=0.0, all_rows=False):
+    prompt = llm.tokenize(item.prompt.encode())
+    out = []
+    for choice in item.choices:
+        full = llm.tokenize((item.prompt + choice).encode())
+        assert full[: len(prompt)] == prompt
+        cont = full[len(prompt):]
+        edits = None
+        if mask is not None:
+            rows = list(range(len(full))) if all_rows else [len(prompt) - 1]
+            values = np.repeat(mask, tiny.head_dim, axis=1)
+            edits = {("head", il): (rows, values[il], delta) for il in range(tiny.n_layer) if values[il].any()}
+        logits = tiny.forward(full, edits)[0]
+        lp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(-1, keepdims=True)
+        out.append(sum(lp[len(prompt) - 1 + k, t] for k, t in enumerate(cont)))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("positions", ["last", "all"])
+def test_choice_logprobs_match_oracle(tiny, make_llama, positions):
+    hook = sadi_cpp.attach(make_llama())
+    mask = head_mask(tiny)
+    scores = score_items(hook, ITEMS, [BASELINE, sadi({"head": mask}, 4.0)], positions=positions)
+    for i, item in enumerate(ITEMS):
+        base = oracle_scores(tiny, hook.llm, item)
+        steered = oracle_scores(tiny, hook.llm, item, mask, 4.0, all_rows=positions == "all")
+        n = len(item.choices)
+        assert np.abs(scores.logprob[0, i, :n] - base).max() <= 1e-3
+        assert np.abs(scores.logprob[1, i, :n] - steered).max() <= 1e-3
+        assert np.abs(steered - base).max() > 0.05  # the steering is visible
+    assert np.isnan(scores.logprob[:, 1, 2]).all()  # item 1 has two choices
+    p = len(hook.llm.tokenize(ITEMS[0].prompt.encode()))
+    want = [len(hook.llm.tokenize((ITEMS[0].prompt + c).encode())) - p for c in ITEMS[0].choices]
+    assert scores.n_tokens[0].tolist() == want and min(want) > 1  # multi-token continuations are covered
+
+
+def test_delta_zero_is_the_baseline_bit_for_bit_and_order_does_not_matter(tiny, make_llama):
+    hook = sadi_cpp.attach(make_llama())
+    mask = head_mask(tiny)
+    configs = [BASELINE, sadi({"head": mask}, 0.0), sadi({"head": mask}, 3.0), Intervention("empty")]
+    scores = score_items(hook, ITEMS, configs)
+    assert np.array_equal(scores.logprob[0], scores.logprob[1], equal_nan=True)
+    assert np.array_equal(scores.logprob[0], scores.logprob[3], equal_nan=True)
+    backwards = score_items(hook, ITEMS[::-1], configs[::-1])
+    assert np.array_equal(backwards.logprob[::-1, ::-1], scores.logprob, equal_nan=True)
+    assert not hook.engine.steering  # scoring leaves the hook unsteered
+
+
+def test_predictions_sum_and_per_token(tiny, make_llama):
+    hook = sadi_cpp.attach(make_llama())
+    scores = score_items(hook, ITEMS, [BASELINE])
+    lp = scores.logprob[0]
+    for i, item in enumerate(ITEMS):
+        n = len(item.choices)
+        assert scores.predictions()[0, i] == np.argmax(lp[i, :n])
+        assert scores.predictions(normalize=True)[0, i] == np.argmax(lp[i, :n] / scores.n_tokens[i, :n])
+    assert scores.correct().shape == (1, 3)
