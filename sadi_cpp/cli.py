@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import contextmanager
 from functools import wraps
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import typer
 from rich.console import Console
@@ -59,6 +60,24 @@ def _load(model: Optional[str], n_ctx: int, threads: Optional[int]) -> "sadi_cpp
     return sadi_cpp.load(model, **kwargs)
 
 
+@contextmanager
+def progress_bar(what: str, total: int, hidden: bool) -> Iterator[Callable[[int], None]]:
+    """A bar on stderr with the rate in ``what``/s; yields the function that advances it."""
+    with Progress(
+        TextColumn(what), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]} " + what + "/s"),
+        TimeRemainingColumn(), console=err, disable=hidden, transient=False,
+    ) as bar:
+        task = bar.add_task(what, total=total, rate="-")
+
+        def step(n: int) -> None:
+            bar.advance(task, n)
+            t = bar.tasks[0]
+            if t.elapsed:
+                bar.update(task, rate=f"{t.completed / t.elapsed:.1f}")
+
+        yield step
+
+
 def _split_model(args: List[str], what: str) -> Tuple[Optional[str], str]:
     """`[MODEL] X`: one argument is X, two are MODEL and X."""
     if len(args) == 1:
@@ -77,7 +96,7 @@ JsonOut = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 @app.command("build-mask")
 @_errors
 def build_mask_cmd(
-    pairs: Annotated[Path, typer.Argument(help="JSONL pairs: {prompt, positive, negative} or {positive, negative} per line.")],
+    pairs: Annotated[Path, typer.Argument(help="JSONL pairs: {prompt, positive, negative}, {positive, negative} or multiple-choice {prompt, choices, label} per line.")],
     model: Annotated[Optional[str], typer.Argument(help="GGUF model (default: Gemma 3 270M Q4_K_M).")] = None,
     site: Site = "head",
     top_k: Annotated[Optional[int], typer.Option("--top-k", help="Units to keep (default: head 5, neuron 100, hidden 10; paper ranges 1-10, 3-500, 1-20).")] = None,
@@ -101,18 +120,7 @@ def build_mask_cmd(
     hook = _load(model, n_ctx, threads)
     target = output or default_mask_path(hook.llm.model_path, pairs, site)
     stats = BuildStats()
-    with Progress(
-        TextColumn("pairs"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]} pairs/s"),
-        TimeRemainingColumn(), console=err, disable=quiet or as_json, transient=False,
-    ) as bar:
-        task = bar.add_task("pairs", total=len(items), rate="-")
-
-        def step(n: int) -> None:
-            bar.advance(task, n)
-            t = bar.tasks[0]
-            if t.elapsed:
-                bar.update(task, rate=f"{t.completed / t.elapsed:.1f}")
-
+    with progress_bar("pairs", len(items), quiet or as_json) as step:
         mask = build_mask(hook, items, site=site, top_k=top_k, rank_by="abs" if rank_abs else "signed",
                           delta=delta, strict=strict, progress=step, stats=stats)
     mask.pairs_sha256 = file_sha256(pairs)
@@ -259,3 +267,6 @@ def inspect(
     out.print(_units_table(m, top))
     if plot is not None:
         out.print(f"heatmap written to {plot}")
+
+
+from sadi_cpp import cli_eval  # noqa: E402,F401  (registers prepare, eval, tune and export-cvec)

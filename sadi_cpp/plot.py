@@ -1,4 +1,5 @@
-"""The layer x unit heatmap of a mask's mean differences (needs matplotlib: pip install 'sadi-cpp[plot]')."""
+"""Heatmaps (need matplotlib: pip install 'sadi-cpp[plot]'): a mask's layer x unit mean differences,
+and a tune grid's dev accuracies."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import numpy as np
 from sadi_cpp.errors import BadInputError
 
 
-def plot_mask(mask: Any, path: Union[str, Path]) -> Path:
+def _pyplot(path: Path) -> Any:
     try:
         import matplotlib
 
@@ -20,9 +21,47 @@ def plot_mask(mask: Any, path: Union[str, Path]) -> Path:
         import matplotlib.pyplot as plt
     except ImportError:
         raise BadInputError("--plot needs matplotlib: pip install matplotlib") from None
-    path = Path(path)
     if not path.parent.is_dir():
         raise BadInputError(f"{path.parent}: no such folder for the plot")
+    return plt
+
+
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=100, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def plot_grid(result: Any, path: Union[str, Path]) -> Path:
+    """Dev accuracy of every (row, column) cell of a tune run, the baseline in the title."""
+    path = Path(path)
+    plt = _pyplot(path)
+    d = result.as_dict()
+    acc = np.asarray(result.accuracy)
+    fig, ax = plt.subplots(figsize=(2 + 1.1 * acc.shape[1], 1.5 + 0.6 * acc.shape[0]))
+    im = ax.imshow(acc, cmap="viridis", aspect="auto")
+    for r in range(acc.shape[0]):
+        for c in range(acc.shape[1]):
+            ax.text(c, r, f"{acc[r, c]:.3f}", ha="center", va="center", color="white" if acc[r, c] < acc.mean() else "black")
+    ax.set_xticks(range(len(result.cols)), [f"{v:g}" for v in result.cols])
+    ax.set_yticks(range(len(result.rows)), [str(v) for v in result.rows])
+    ax.set_xlabel(d["cols"])
+    ax.set_ylabel(d["rows"])
+    ax.set_title(f"{result.method} ({result.site}) dev accuracy, baseline {result.baseline:.3f}, n={result.n_dev}")
+    fig.colorbar(im, ax=ax, label="accuracy")
+    return _save(plt, fig, path)
+
+
+def plot_mask(mask: Any, path: Union[str, Path]) -> Path:
+    path = Path(path)
+    plt = _pyplot(path)
     table = mask.mean_diff
     lim = float(np.abs(table).max()) or 1.0
     fig, ax = plt.subplots(figsize=(min(16, 4 + table.shape[1] / 64), 4 + table.shape[0] / 8))
@@ -34,13 +73,4 @@ def plot_mask(mask: Any, path: Union[str, Path]) -> Path:
     ax.set_title(f"SADI mean difference (positive - negative), {mask.n_pairs} pairs")
     ax.legend(loc="upper right")
     fig.colorbar(im, ax=ax, label="mean difference")
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=100, bbox_inches="tight")
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return _save(plt, fig, path)

@@ -1,0 +1,126 @@
+"""Grid search of (K, delta) on a dev set, from statistics gathered once (SADI's hyper-parameter
+search, and the same for each baseline so that it is compared at its best too).
+
+Rows of the grid are K (units kept) for sadi, fixed and random, and the layer for caa; columns
+are delta for sadi and random, and the added vector's scale alpha for fixed and caa.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from sadi_cpp.contrast import Contrast
+from sadi_cpp.errors import BadInputError
+from sadi_cpp.hook import Hook
+from sadi_cpp.interventions import BASELINE, METHODS, Intervention, caa, fixed, one_layer, random_units, sadi
+from sadi_cpp.mask import select_top_k
+from sadi_cpp.mcdata import MCItem
+from sadi_cpp.positions import DEFAULT_POLICY
+from sadi_cpp.scoring import Scores, score_items
+
+# Inside the paper's ranges (K: heads 1-10, neurons 3-500, hidden 1-20; strength = 1 + delta:
+# 5-80 for heads and hidden, 10-90 for neurons).
+SADI_GRIDS = {
+    "head": ([1, 3, 5, 10], [4.0, 9.0, 19.0, 39.0]),
+    "neuron": ([10, 50, 100, 300], [9.0, 19.0, 49.0, 89.0]),
+    "hidden": ([1, 5, 10, 20], [4.0, 9.0, 19.0, 39.0]),
+}
+ALPHA_GRID = [1.0, 2.0, 5.0, 10.0, 20.0]
+
+
+def default_grid(method: str, site: str, n_layer: int) -> tuple:
+    if method == "caa":
+        # about five layers spread over 1..n_layer-1 (llama.cpp control vectors skip layer 0)
+        return sorted({int(round(x)) for x in np.linspace(1, n_layer - 1, 7)[1:-1]}), ALPHA_GRID
+    ks, deltas = SADI_GRIDS[site]
+    if method in ("sadi", "random"):
+        return ks, deltas
+    return ks, ALPHA_GRID  # fixed
+
+
+@dataclass
+class TuneResult:
+    method: str
+    site: str
+    rows: List[Any]  # K, or the layer for caa
+    cols: List[float]  # delta, or alpha
+    accuracy: np.ndarray  # [len(rows), len(cols)]
+    baseline: float
+    n_dev: int
+    normalize: bool
+    positions: str
+    scores: Optional[Scores] = field(default=None, repr=False)
+
+    @property
+    def best(self) -> tuple:
+        """(row, col) of the best cell; ties go to the first in row-major order."""
+        r, c = np.unravel_index(int(np.argmax(self.accuracy)), self.accuracy.shape)
+        return self.rows[r], self.cols[c]
+
+    @property
+    def best_accuracy(self) -> float:
+        return float(self.accuracy.max())
+
+    def as_dict(self) -> Dict[str, Any]:
+        row_name = "layer" if self.method == "caa" else "top_k"
+        col_name = "delta" if self.method in ("sadi", "random") else "alpha"
+        best = self.best
+        return {
+            "method": self.method, "site": self.site, "rows": row_name, "cols": col_name, row_name + "_grid": self.rows,
+            col_name + "_grid": self.cols, "accuracy": self.accuracy.round(6).tolist(), "baseline": self.baseline,
+            "best": {row_name: best[0], col_name: best[1], "accuracy": self.best_accuracy},
+            "n_dev": self.n_dev, "normalize": self.normalize, "positions": self.positions,
+        }
+
+    def summary_json(self) -> str:
+        return json.dumps(self.as_dict(), sort_keys=True)
+
+
+def config_for(hook: Hook, contrast: Contrast, method: str, site: str, row: Any, col: float, rank_by: str = "signed", seed: int = 0) -> Intervention:
+    """The intervention of one grid cell."""
+    name = f"{method}:{row}:{col:g}"
+    if method == "caa":
+        return caa(hook, one_layer(contrast.diffs["residual"], int(row)), col, name=name)
+    if method == "random":
+        return random_units(hook, site, int(row), col, seed=seed, name=name)
+    mask = select_top_k(contrast.units(hook, site), int(row), rank_by)
+    if method == "sadi":
+        return sadi({site: mask}, col, name=name)
+    return fixed(hook, site, mask, contrast.diffs[site], col, name=name)
+
+
+def tune(
+    hook: Hook,
+    contrast: Contrast,
+    dev: Sequence[MCItem],
+    method: str = "sadi",
+    site: str = "head",
+    rows: Optional[Sequence[Any]] = None,
+    cols: Optional[Sequence[float]] = None,
+    rank_by: str = "signed",
+    normalize: bool = False,
+    positions: str = DEFAULT_POLICY,
+    seed: int = 0,
+    progress: Optional[Callable[[int], None]] = None,
+) -> TuneResult:
+    """Score the dev items under the baseline and every grid cell in one pass (see scoring.py)."""
+    if method not in METHODS:
+        raise BadInputError(f"unknown method '{method}': use one of {', '.join(METHODS)}")
+    need = "residual" if method == "caa" else site
+    if need not in contrast.diffs:
+        raise BadInputError(f"the statistics hold no {need} differences; gather them with sites including '{need}'")
+    d_rows, d_cols = default_grid(method, site, hook.shape["n_layer"])
+    rows = list(d_rows if rows is None else rows)
+    cols = [float(c) for c in (d_cols if cols is None else cols)]
+    if not rows or not cols:
+        raise BadInputError("empty grid: give at least one value for each axis")
+    configs: List[Intervention] = [BASELINE]
+    configs += [config_for(hook, contrast, method, site, r, c, rank_by, seed) for r in rows for c in cols]
+    scores = score_items(hook, dev, configs, positions=positions, progress=progress)
+    acc = scores.correct(normalize).mean(axis=1)
+    return TuneResult(method, site, rows, cols, acc[1:].reshape(len(rows), len(cols)), float(acc[0]), len(dev),
+                      normalize, positions, scores)
