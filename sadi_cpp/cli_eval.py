@@ -188,7 +188,7 @@ def tune(
     from sadi_cpp.hook import check_site
     from sadi_cpp.interventions import METHODS
     from sadi_cpp.mask import default_mask_path, mask_from_contrast
-    from sadi_cpp.pairs import file_sha256, read_pairs
+    from sadi_cpp.pairs import file_sha256, first_lines, read_pairs
     from sadi_cpp.positions import check_policy
     from sadi_cpp.tune import tune as run_tune
 
@@ -203,7 +203,7 @@ def tune(
     cols = _floats(delta_grid, "--delta-grid")
     pairs = read_pairs(train)
     if limit_train is not None:
-        pairs = [p for p in pairs if int(p.where.rsplit(":", 1)[1]) <= _line_of(pairs, limit_train)]
+        pairs = first_lines(pairs, limit_train)
     items = _read_items(Path(dev), limit_dev)
     hook = _load(model, n_ctx, threads)
     sites = ("residual",) if method == "caa" else (site,)
@@ -249,14 +249,6 @@ def tune(
               f"(baseline {result.baseline:.3f})", highlight=False)
     if "written" in report:
         out.print(f"written to {report['written']}", highlight=False, soft_wrap=True)
-
-
-def _line_of(pairs: list, n_lines: int) -> int:
-    """The file line number of the n-th distinct line that pairs come from."""
-    lines = sorted({int(p.where.rsplit(":", 1)[1]) for p in pairs})
-    if n_lines < 1:
-        raise BadInputError(f"--limit-train must be >= 1, got {n_lines}")
-    return lines[min(n_lines, len(lines)) - 1]
 
 
 @app.command("export-cvec")

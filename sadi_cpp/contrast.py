@@ -3,6 +3,16 @@
 One pass over the pairs fills the engine's streaming accumulators (slot 0 positive, slot 1
 negative) for every requested site, so memory does not grow with the number of pairs and
 ``tune`` can derive every mask, fixed vector and CAA direction from the same pass.
+
+Two ways to evaluate the texts:
+
+- ``batched=True`` (default): many pairs per decode, one sequence per text, and the tokens a
+  pair's two texts share (the prompt) evaluated once and copied to the second sequence in the KV
+  cache. Several times faster (docs/benchmarks.md).
+- ``batched=False``: each text alone from an empty cache, the plain llama-cpp-python way.
+
+Both read the same rows; the numbers differ only by floating-point rounding, because llama.cpp's
+results depend a little on how tokens are grouped into decodes (docs/eval.md).
 """
 
 from __future__ import annotations
@@ -13,6 +23,8 @@ from pathlib import Path
 from typing import Callable, Dict, Iterable, Optional, Sequence, Union
 
 import numpy as np
+
+from llama_cpp import _internals as internals
 
 from sadi_cpp.errors import BadInputError
 from sadi_cpp.hook import RECORD_SITES, Hook, check_site
@@ -40,8 +52,9 @@ def mean_differences(
     sites: Sequence[str] = ("head",),
     strict: bool = False,
     progress: Optional[Callable[[int], None]] = None,
+    batched: bool = True,
 ) -> Contrast:
-    """Evaluate every pair's two texts from an empty cache and average (positive - negative) per value.
+    """Evaluate every pair's two texts and average (positive - negative) per value at their last tokens.
 
     A pair longer than the context is skipped and counted, or refused with ``strict``.
     """
@@ -57,25 +70,105 @@ def mean_differences(
     n_ctx = min(llm.n_ctx(), int(llm.context_params.n_ctx))  # Llama sizes its buffers by the latter
     out = Contrast(diffs={}, pairs_sha256=pairs_hash)
     start = time.perf_counter()
+    batch = _Batcher(hook) if batched else None
     with hook.recording(sites=sites, capture=False) as rec:
-        for pair in as_pairs(pairs):
-            toks = [llm.tokenize(t.encode("utf-8")) for t in (pair.positive, pair.negative)]
-            longest = max(len(t) for t in toks)
-            if longest > n_ctx:
-                if strict:
-                    raise BadInputError(f"{pair.where}: {longest} tokens, longer than the context ({n_ctx}); raise --n-ctx or drop the pair")
-                out.skipped["longer than the context"] = out.skipped.get("longer than the context", 0) + 1
-            else:
+        try:
+            for pair in as_pairs(pairs):
+                toks = [llm.tokenize(t.encode("utf-8")) for t in (pair.positive, pair.negative)]
+                longest = max(len(t) for t in toks)
+                if longest > n_ctx:
+                    if strict:
+                        raise BadInputError(f"{pair.where}: {longest} tokens, longer than the context ({n_ctx}); raise --n-ctx or drop the pair")
+                    out.skipped["longer than the context"] = out.skipped.get("longer than the context", 0) + 1
+                    if progress is not None:
+                        progress(1)
+                    continue
+                out.n_used += 1
+                if batch is not None and batch.add(toks[0], toks[1], rec):
+                    continue  # evaluated with its group later
+                if batch is not None:
+                    batch.flush(rec, progress)
                 for slot, t in enumerate(toks):
                     rec.set_slot(slot)
                     llm.reset()
                     llm.eval(t)
-                out.n_used += 1
-            if progress is not None:
-                progress(1)
+                if progress is not None:
+                    progress(1)
+            if batch is not None:
+                batch.flush(rec, progress)
+        finally:
+            if batch is not None:
+                batch.close()
     out.seconds = time.perf_counter() - start
     if out.n_used == 0:
         raise BadInputError("no usable pairs: every pair was skipped (" + ", ".join(f"{n} {why}" for why, n in out.skipped.items()) + ")")
     for site in sites:
         out.diffs[site] = (rec.sums(site, 0) - rec.sums(site, 1)) / out.n_used
     return out
+
+
+class _Batcher:
+    """Groups pairs so that one decode evaluates many of them (see the module docstring)."""
+
+    def __init__(self, hook: Hook):
+        self.hook = hook
+        llm = hook.llm
+        self.budget = min(llm.n_ctx(), int(llm.context_params.n_ctx), llm.n_batch)  # tokens in KV and per decode
+        self.max_pairs = max(1, hook.n_seq_max // 2)
+        self.pending: list = []  # (shared tokens, positive tail, negative tail)
+        self.used = 0
+        self.batch = internals.LlamaBatch(n_tokens=self.budget, embd=0, n_seq_max=1, verbose=False)
+
+    def add(self, pos: list, neg: list, rec) -> bool:
+        """Queue a pair; False when it cannot be batched (too long): evaluate it alone."""
+        if self.max_pairs < 2:
+            return False
+        shared = 0
+        for a, b in zip(pos[:-1], neg[:-1]):  # each text keeps at least its last token
+            if a != b:
+                break
+            shared += 1
+        cost = len(pos) + len(neg) - shared
+        if cost > self.budget:
+            return False
+        if self.pending and (self.used + cost > self.budget or len(self.pending) >= self.max_pairs):
+            self.flush(rec, None)
+        self.pending.append((pos[:shared], pos[shared:], neg[shared:]))
+        self.used += cost
+        return True
+
+    def _decode(self, rows: list, record: bool) -> None:
+        """rows: (token, pos, seq); the last row of each sequence is recorded when ``record``."""
+        b = self.batch.batch
+        b.n_tokens = len(rows)
+        last = {}
+        for i, (tok, p, seq) in enumerate(rows):
+            b.token[i], b.pos[i], b.n_seq_id[i], b.seq_id[i][0], b.logits[i] = tok, p, 1, seq, 0
+            last[seq] = i
+        self.hook._ctx.decode_rows(b, [], sorted(last.values()) if record else [])
+
+    def flush(self, rec, progress: Optional[Callable[[int], None]]) -> None:
+        if not self.pending:
+            return
+        ctx = self.hook._ctx
+        ctx.kv_cache_clear()
+        try:
+            shared = [(t, p, 2 * k) for k, (pre, _, _) in enumerate(self.pending) for p, t in enumerate(pre)]
+            if shared:
+                self._decode(shared, record=False)
+                for k, (pre, _, _) in enumerate(self.pending):
+                    if pre:
+                        ctx.kv_cache_seq_cp(2 * k, 2 * k + 1, 0, len(pre))
+            for slot in (0, 1):
+                rec.set_slot(slot)
+                rows = [(t, len(pre) + p, 2 * k + slot) for k, (pre, *tails) in enumerate(self.pending) for p, t in enumerate(tails[slot])]
+                self._decode(rows, record=True)
+        finally:
+            ctx.kv_cache_clear()
+            self.hook.llm.reset()
+        if progress is not None:
+            progress(len(self.pending))
+        self.pending, self.used = [], 0
+
+    def close(self) -> None:
+        self.batch.close()

@@ -32,6 +32,7 @@ from sadi_cpp.positions import DEFAULT_POLICY, check_policy, rows_for
 _core = load_core()
 
 SITES = ("head", "neuron", "hidden")
+MAX_SEQUENCES = 64  # sequences the hooked context accepts in one decode
 # Sites that can also be read and added to (not masked): the residual stream after each layer.
 RECORD_SITES = SITES + ("residual",)
 
@@ -60,15 +61,21 @@ class HookedContext(internals.LlamaContext):
 
     def decode(self, batch: internals.LlamaBatch) -> None:
         steer_rows, record_rows = self._hook._rows_for(batch.batch)
+        self.decode_rows(batch.batch, steer_rows, record_rows)
+        if steer_rows:
+            self._hook._mark_steered(batch.batch.pos[steer_rows[0]])
+
+    def decode_rows(self, batch: Any, steer_rows: List[int], record_rows: List[int]) -> None:
+        """llama_decode a native batch with the engine steering and recording the given rows."""
         # Recorded rows become output rows for this decode, so that layers which keep output rows
         # only (the last one) still hold them. Sampling reads the last output, which stays last.
-        flags = batch.batch.logits
+        flags = batch.logits
         extra = [r for r in record_rows if not flags[r]]
         for r in extra:
             flags[r] = 1
         try:
-            self.engine.begin_decode(ctypes.addressof(batch.batch), steer_rows, record_rows)
-            rc = llama_cpp.llama_decode(self.ctx, batch.batch)
+            self.engine.begin_decode(ctypes.addressof(batch), steer_rows, record_rows)
+            rc = llama_cpp.llama_decode(self.ctx, batch)
             error = self.engine.end_decode()
         finally:
             for r in extra:
@@ -77,8 +84,6 @@ class HookedContext(internals.LlamaContext):
             raise SteeringError(error)
         if rc != 0:
             raise RuntimeError(f"llama_decode returned {rc}")
-        if steer_rows:
-            self._hook._mark_steered(batch.batch.pos[steer_rows[0]])
 
 
 class Recording:
@@ -175,6 +180,10 @@ class Hook:
         params.cb_eval = self._callback
         params.cb_eval_user_data = ctypes.c_void_p(self.engine.address)
         params.kv_unified = True  # llama.cpp then splits batches into consecutive rows (row_map.hpp)
+        # several sequences per decode let build-mask evaluate many pairs at once (contrast.py)
+        # (llama.cpp's graph reservation needs n_seq_max <= n_ubatch)
+        params.n_seq_max = max(int(params.n_seq_max), min(MAX_SEQUENCES, int(params.n_ubatch), int(llama_cpp.llama_max_parallel_sequences())))
+        self.n_seq_max = int(params.n_seq_max)
         self._ctx = HookedContext(model=llm._model, params=params, verbose=llm.verbose, hook=self)
         self.engine.set_n_ubatch(int(llama_cpp.llama_n_ubatch(self._ctx.ctx)))
         self._probe()

@@ -129,20 +129,22 @@ def build_mask(
     strict: bool = False,
     progress: Optional[Callable[[int], None]] = None,
     stats: Optional[BuildStats] = None,
+    batched: bool = True,
 ) -> SadiMask:
     """SADI steps 1-2 on ``hook``'s model. ``pairs``: a JSONL path or an iterable of Pair/dicts.
 
     Each text is evaluated from an empty cache; the site's values at its last token are summed in
     the engine's streaming accumulators (memory does not grow with the number of pairs). A pair
     longer than the context is skipped and counted, or refused with ``strict``. Multiple-choice
-    items count as one pair per wrong choice.
+    items count as one pair per wrong choice. ``batched``: many pairs per decode, shared prompts
+    evaluated once (see sadi_cpp.contrast); False evaluates each text alone.
     """
     check_site(site)
     if site not in hook.sites:
         raise BadInputError(hook.engine.site_problem(site))
     top_k = DEFAULT_TOP_K[site] if top_k is None else top_k
     delta = DEFAULT_DELTA[site] if delta is None else delta
-    contrast = mean_differences(hook, pairs, sites=(site,), strict=strict, progress=progress)
+    contrast = mean_differences(hook, pairs, sites=(site,), strict=strict, progress=progress, batched=batched)
     if stats is not None:
         stats.n_used, stats.skipped, stats.seconds = contrast.n_used, contrast.skipped, contrast.seconds
     return mask_from_contrast(hook, contrast, site, top_k, delta, rank_by)

@@ -73,6 +73,21 @@ def read_pairs(path: Union[str, Path]) -> List[Pair]:
     return pairs
 
 
+def first_lines(pairs: List[Pair], n_lines: int) -> List[Pair]:
+    """The pairs that come from the first ``n_lines`` lines holding pairs (a multiple-choice line
+    gives one pair per wrong choice)."""
+    if n_lines < 1:
+        raise BadInputError(f"the number of lines must be >= 1, got {n_lines}")
+    kept, lines = [], []
+    for pair in pairs:
+        if pair.where not in lines:
+            if len(lines) == n_lines:
+                break
+            lines.append(pair.where)
+        kept.append(pair)
+    return kept
+
+
 def as_pairs(pairs: Iterable[Union[Pair, dict]]) -> Iterator[Pair]:
     for i, item in enumerate(pairs, 1):
         if isinstance(item, Pair):

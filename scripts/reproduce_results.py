@@ -35,14 +35,18 @@ ROOT = Path(__file__).resolve().parents[1]
 SITES = ("head", "neuron", "hidden")
 SEEDS = (0, 1, 2)
 
-# task: (train file, train start), (dev file, dev start), (test file, test start); 150/100/N rows.
-SPLITS = {
-    "sst2": (("sst2/train.jsonl", 0), ("sst2/dev.jsonl", 0), ("sst2/test.jsonl", 0)),
-    "copa": (("copa/train.jsonl", 0), ("copa/val.jsonl", 0), ("copa/test.jsonl", 0)),
-    "boolq": (("boolq/dev.jsonl", 0), ("boolq/dev.jsonl", 150), ("boolq/dev.jsonl", 250)),
-    "winogrande": (("winogrande/train_m.jsonl", 0), ("winogrande/train_m.jsonl", 150), ("winogrande/dev.jsonl", 0)),
-    "storycloze": (("storycloze/val.jsonl", 0), ("storycloze/val.jsonl", 150), ("storycloze/test.jsonl", 0)),
-}
+def splits(task: str, n_train: int, n_dev: int) -> tuple:
+    """(file, first row) of train, dev and test; disjoint, dev never overlapping test."""
+    return {
+        "sst2": (("sst2/train.jsonl", 0), ("sst2/dev.jsonl", 0), ("sst2/test.jsonl", 0)),
+        "copa": (("copa/train.jsonl", 0), ("copa/val.jsonl", 0), ("copa/test.jsonl", 0)),  # val has 100 items
+        "boolq": (("boolq/dev.jsonl", 0), ("boolq/dev.jsonl", n_train), ("boolq/dev.jsonl", n_train + n_dev)),  # no train split
+        "winogrande": (("winogrande/train_m.jsonl", 0), ("winogrande/train_m.jsonl", n_train), ("winogrande/dev.jsonl", 0)),
+        "storycloze": (("storycloze/val.jsonl", 0), ("storycloze/val.jsonl", n_train), ("storycloze/test.jsonl", 0)),
+    }[task]
+
+
+TASKS = ("sst2", "copa", "boolq", "winogrande", "storycloze")
 
 
 def load(data: Path, task: str, spec: tuple, n: int) -> List[MCItem]:
@@ -55,7 +59,7 @@ def log(msg: str) -> None:
 
 
 def run_task(hook: sadi_cpp.Hook, data: Path, task: str, n_train: int, n_dev: int, n_test: int) -> Dict[str, Any]:
-    tr, dv, te = SPLITS[task]
+    tr, dv, te = splits(task, n_train, n_dev)
     train, dev, test = load(data, task, tr, n_train), load(data, task, dv, n_dev), load(data, task, te, n_test)
     t0 = time.perf_counter()
     contrast = mean_differences(hook, [{"prompt": it.prompt, "choices": list(it.choices), "label": it.label} for it in train],
@@ -106,7 +110,7 @@ def run_task(hook: sadi_cpp.Hook, data: Path, task: str, n_train: int, n_dev: in
     correct = scores.correct()
     preds = scores.predictions()
     res: Dict[str, Any] = {
-        "n_train_pairs": contrast.n_used, "n_dev": len(dev), "n_test": len(test), "splits": SPLITS[task],
+        "n_train_pairs": contrast.n_used, "n_dev": len(dev), "n_test": len(test), "splits": [tr, dv, te],
         "dev_baseline": float(acc[0]), "best": best, "best_site": best_site, "methods": {},
         "answer_share": {n: np.bincount(preds[i], minlength=len(test[0].choices)).tolist() for i, n in enumerate(names)},
     }
@@ -150,7 +154,7 @@ def copa_diagnostics(hook: sadi_cpp.Hook, data: Path, scores: Any, test: List[MC
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    ap.add_argument("--tasks", default=",".join(SPLITS))
+    ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--n-train", type=int, default=150)
     ap.add_argument("--n-dev", type=int, default=100)
     ap.add_argument("--n-test", type=int, default=500, help="test items per task (SST-2 uses all 1821 when larger)")

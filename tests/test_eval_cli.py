@@ -115,8 +115,10 @@ def test_caa_control_vector_loads_in_llama_cpp_and_matches_the_engine(tiny, tiny
     assert ev["method"] == "caa" and ev["alpha"] == 1.0
 
     res = run(["tune", str(tiny_path), str(train), str(dev), "--method", "caa", "--k-grid", "1,2", "--delta-grid", "1,20",
-               "-o", str(tmp_path / "best.gguf"), "--json"])
-    best = json.loads(res.stdout)["best"]
+               "--limit-train", "6", "-o", str(tmp_path / "best.gguf"), "--json"])
+    report = json.loads(res.stdout)
+    best = report["best"]
+    assert report["n_pairs"] == 6
     back = read_cvec(tmp_path / "best.gguf", tiny.n_layer, tiny.n_embd)
     assert [il for il in range(tiny.n_layer) if back[il].any()] == [best["layer"]]
 

@@ -25,10 +25,11 @@ def test_select_top_k_signed_and_abs():
         select_top_k(table, 1, "max")
 
 
+@pytest.mark.parametrize("batched", [True, False])
 @pytest.mark.parametrize("site", sadi_cpp.SITES)
-def test_mean_differences_match_the_oracle(tiny, make_llama, site):
+def test_mean_differences_match_the_oracle(tiny, make_llama, site, batched):
     hook = sadi_cpp.attach(make_llama())
-    mask = build_mask(hook, PAIRS, site=site, top_k=3)
+    mask = build_mask(hook, PAIRS, site=site, top_k=3, batched=batched)
     diffs = []
     for pair in PAIRS:
         prompt = pair.get("prompt", "")
@@ -83,3 +84,25 @@ def test_a_mask_steers_like_its_units(tiny, make_llama):
         hook.llm.eval(toks)
         b = np.array(hook.llm._ctx.get_logits_ith(-1)[: hook.llm.n_vocab()])
     assert np.array_equal(a, b)
+
+
+def test_batched_statistics_equal_sequential_ones_across_groups(tiny, make_llama):
+    """Small batches force many groups and the fallback for a pair too long for a group; every
+    site, the residual stream included, must agree with one text per decode."""
+    from sadi_cpp.contrast import mean_differences
+
+    pairs = PAIRS * 5 + [{"prompt": "x" * 40, "positive": "long one", "negative": "short"}]
+    hook = sadi_cpp.attach(make_llama(n_batch=48, n_ubatch=48))
+    sites = ("head", "neuron", "hidden", "residual")
+    seen = []
+    batched = mean_differences(hook, pairs, sites=sites, progress=seen.append)
+    sequential = mean_differences(hook, pairs, sites=sites, batched=False)
+    assert batched.n_used == sequential.n_used == len(pairs) and sum(seen) == len(pairs)
+    for site in sites:
+        assert np.abs(batched.diffs[site] - sequential.diffs[site]).max() <= 1e-4, site
+    # the other sequences' cache entries are gone: a plain evaluation gives plain logits
+    from conftest import eval_fresh
+
+    plain = make_llama()
+    tokens = hook.llm.tokenize(b"still works")
+    assert np.array_equal(eval_fresh(hook.llm, tokens), eval_fresh(plain, tokens))

@@ -37,3 +37,20 @@ def test_bad_files(tmp_path, text, message):
 def test_missing_file(tmp_path):
     with pytest.raises(BadInputError, match="no such pairs file"):
         read_pairs(tmp_path / "nope.jsonl")
+
+
+def test_first_lines_keeps_every_pair_of_a_multiple_choice_line(tmp_path):
+    import json
+
+    from sadi_cpp.pairs import first_lines, read_pairs
+
+    p = tmp_path / "mixed.jsonl"
+    p.write_text("\n".join([
+        json.dumps({"prompt": "Q1", "choices": [" a", " b", " c"], "label": 0}),
+        json.dumps({"positive": "x", "negative": "y"}),
+        json.dumps({"prompt": "Q3", "choices": [" a", " b"], "label": 1}),
+    ]) + "\n")
+    pairs = read_pairs(p)
+    assert len(pairs) == 4
+    assert [q.where.rsplit(":", 1)[1] for q in first_lines(pairs, 2)] == ["1", "1", "2"]
+    assert first_lines(pairs, 9) == pairs

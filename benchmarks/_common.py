@@ -1,0 +1,71 @@
+"""Shared helpers of the benchmark scripts: machine description, medians, peak RSS, tables, JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data"
+
+
+def machine() -> Dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import llama_cpp
+
+    import sadi_cpp
+
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {"cpu": cpu, "cores": os.cpu_count(), "ram_gib": round(mem, 1), "os": platform.platform(),
+            "python": platform.python_version(), "llama_cpp_python": llama_cpp.__version__, "sadi_cpp": sadi_cpp.__version__}
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size (VmHWM), MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def median(xs: Sequence[float]) -> float:
+    return float(statistics.median(xs))
+
+
+def run_worker(script: Path, args: List[str], timeout: int = 3600) -> Dict[str, Any]:
+    """Run ``script --worker args`` in a fresh process (clean peak RSS); it prints one JSON line last."""
+    res = subprocess.run([sys.executable, str(script), "--worker", *args], capture_output=True, text=True, timeout=timeout,
+                         cwd=str(ROOT.parent))
+    if res.returncode != 0:
+        raise RuntimeError(f"worker {args} failed:\n{res.stderr[-2000:]}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [[str(h) for h in headers]] + [[f"{c:.3g}" if isinstance(c, float) else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for n, r in enumerate(cells):
+        print("  ".join(c.rjust(w) for c, w in zip(r, widths)))
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+
+
+def write_json(name: str, obj: Dict[str, Any]) -> Path:
+    path = ROOT / "benchmarks" / "out" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=1))
+    print(f"wrote {path}")
+    return path
