@@ -104,6 +104,7 @@ def build_mask_cmd(
     delta: Annotated[Optional[float], typer.Option("--delta", help="Recommended delta stored in the mask (default: head 9, neuron 19, hidden 9).")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Mask file (default: beside the model, <model>.<pairs>.<site>.sadi.gguf).")] = None,
     strict: Annotated[bool, typer.Option("--strict", help="Fail on a pair longer than the context instead of skipping it.")] = False,
+    sequential: Annotated[bool, typer.Option("--sequential", help="Evaluate each text alone (slower) instead of many pairs per decode.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
     n_ctx: NCtx = 512,
     threads: Threads = None,
@@ -122,7 +123,7 @@ def build_mask_cmd(
     stats = BuildStats()
     with progress_bar("pairs", len(items), quiet or as_json) as step:
         mask = build_mask(hook, items, site=site, top_k=top_k, rank_by="abs" if rank_abs else "signed",
-                          delta=delta, strict=strict, progress=step, stats=stats)
+                          delta=delta, strict=strict, progress=step, stats=stats, batched=not sequential)
     mask.pairs_sha256 = file_sha256(pairs)
     mask.save(target)
     summary = {

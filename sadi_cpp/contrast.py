@@ -70,7 +70,7 @@ def mean_differences(
     n_ctx = min(llm.n_ctx(), int(llm.context_params.n_ctx))  # Llama sizes its buffers by the latter
     out = Contrast(diffs={}, pairs_sha256=pairs_hash)
     start = time.perf_counter()
-    batch = _Batcher(hook) if batched else None
+    batch = _Batcher(hook, progress) if batched else None
     with hook.recording(sites=sites, capture=False) as rec:
         try:
             for pair in as_pairs(pairs):
@@ -87,7 +87,7 @@ def mean_differences(
                 if batch is not None and batch.add(toks[0], toks[1], rec):
                     continue  # evaluated with its group later
                 if batch is not None:
-                    batch.flush(rec, progress)
+                    batch.flush(rec)
                 for slot, t in enumerate(toks):
                     rec.set_slot(slot)
                     llm.reset()
@@ -95,7 +95,7 @@ def mean_differences(
                 if progress is not None:
                     progress(1)
             if batch is not None:
-                batch.flush(rec, progress)
+                batch.flush(rec)
         finally:
             if batch is not None:
                 batch.close()
@@ -110,8 +110,9 @@ def mean_differences(
 class _Batcher:
     """Groups pairs so that one decode evaluates many of them (see the module docstring)."""
 
-    def __init__(self, hook: Hook):
+    def __init__(self, hook: Hook, progress: Optional[Callable[[int], None]]):
         self.hook = hook
+        self.progress = progress
         llm = hook.llm
         self.budget = min(llm.n_ctx(), int(llm.context_params.n_ctx), llm.n_batch)  # tokens in KV and per decode
         self.max_pairs = max(1, hook.n_seq_max // 2)
@@ -132,7 +133,7 @@ class _Batcher:
         if cost > self.budget:
             return False
         if self.pending and (self.used + cost > self.budget or len(self.pending) >= self.max_pairs):
-            self.flush(rec, None)
+            self.flush(rec)
         self.pending.append((pos[:shared], pos[shared:], neg[shared:]))
         self.used += cost
         return True
@@ -147,7 +148,7 @@ class _Batcher:
             last[seq] = i
         self.hook._ctx.decode_rows(b, [], sorted(last.values()) if record else [])
 
-    def flush(self, rec, progress: Optional[Callable[[int], None]]) -> None:
+    def flush(self, rec) -> None:
         if not self.pending:
             return
         ctx = self.hook._ctx
@@ -166,8 +167,8 @@ class _Batcher:
         finally:
             ctx.kv_cache_clear()
             self.hook.llm.reset()
-        if progress is not None:
-            progress(len(self.pending))
+        if self.progress is not None:
+            self.progress(len(self.pending))
         self.pending, self.used = [], 0
 
     def close(self) -> None:

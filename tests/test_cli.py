@@ -57,6 +57,10 @@ def test_build_mask_writes_a_sidecar_with_a_summary(tiny_path, pairs, tmp_path):
     assert summary["pairs_used"] == 8 and summary["pairs_skipped"] == {} and len(summary["top_units"]) == 4
     m = SadiMask.load(out)
     assert m.site == "neuron" and m.top_k == 4 and m.n_pairs == 8 and m.model["arch"] == "llama"
+    seq = tmp_path / "seq.sadi.gguf"
+    res = runner.invoke(app, ["build-mask", str(pairs), str(tiny_path), "--site", "neuron", "--top-k", "4", "-o", str(seq), "--sequential", "-q"])
+    assert res.exit_code == 0, res.output
+    assert np.abs(SadiMask.load(seq).mean_diff - m.mean_diff).max() <= 1e-3  # f16 KV cache: rounding only
 
 
 def test_default_path_is_beside_the_model(tiny_path, pairs, tmp_path):
