@@ -64,7 +64,7 @@ def _ci(lo_hi: Tuple[float, float]) -> str:
 @app.command()
 @_errors
 def prepare(
-    task: Annotated[str, typer.Argument(help="copa | storycloze | sst2 | boolq | winogrande | mmlu | nli")],
+    task: Annotated[str, typer.Argument(help="copa | storycloze | sst2 | boolq | winogrande | mmlu | nli (the paper's formats) | copa-cloze")],
     raw: Annotated[Path, typer.Argument(help="The task's JSONL file (fields as in its usual release).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="Multiple-choice JSONL to write.")],
     start: Annotated[int, typer.Option("--start", help="Skip this many rows first.")] = 0,
@@ -133,10 +133,8 @@ def eval_cmd(
     as_json: JsonOut = False,
 ) -> None:
     """Accuracy unsteered and steered on the same items, the paired difference with a 95% interval."""
-    from sadi_cpp.interventions import BASELINE
+    from sadi_cpp.evaluate import evaluate
     from sadi_cpp.positions import check_policy
-    from sadi_cpp.scoring import score_items
-    from sadi_cpp.stats import paired
 
     model, (data,) = _split_two(args, "DATA")
     check_policy(positions)
@@ -144,9 +142,7 @@ def eval_cmd(
     hook = _load(model, n_ctx, threads)
     config, info = _intervention(hook, method, mask, cvec, delta, top_k, seed)
     with progress_bar("items", len(items), quiet or as_json) as step:
-        scores = score_items(hook, items, [BASELINE, config], positions=positions, progress=step)
-    correct = scores.correct(norm)
-    result = paired(correct[0], correct[1])
+        result = evaluate(hook, items, config, positions=positions, normalize=norm, progress=step)
     report = dict(info, data=str(data), positions=positions, normalize=norm, **result.as_dict())
     if as_json:
         out.print_json(json.dumps(report))

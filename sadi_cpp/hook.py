@@ -174,25 +174,32 @@ class Hook:
         self._orig_eval = llm.eval
         self._orig_generate = llm.generate
 
-        self._plain_ctx = llm._ctx
+        plain_ctx = llm._ctx
         params = type(llm.context_params).from_buffer_copy(llm.context_params)
         self._callback = llama_cpp.ggml_backend_sched_eval_callback(_core.Engine.callback_address)
         params.cb_eval = self._callback
         params.cb_eval_user_data = ctypes.c_void_p(self.engine.address)
         params.kv_unified = True  # llama.cpp then splits batches into consecutive rows (row_map.hpp)
-        # several sequences per decode let build-mask evaluate many pairs at once (contrast.py)
-        # (llama.cpp's graph reservation needs n_seq_max <= n_ubatch)
+        # Several sequences per decode let build-mask evaluate many pairs at once (contrast.py).
+        # Cost: llama.cpp reserves n_seq_max rows of logits (n_vocab floats each) up front, and
+        # its graph reservation needs n_seq_max <= n_ubatch.
         params.n_seq_max = max(int(params.n_seq_max), min(MAX_SEQUENCES, int(params.n_ubatch), int(llama_cpp.llama_max_parallel_sequences())))
         self.n_seq_max = int(params.n_seq_max)
-        self._ctx = HookedContext(model=llm._model, params=params, verbose=llm.verbose, hook=self)
-        self.engine.set_n_ubatch(int(llama_cpp.llama_n_ubatch(self._ctx.ctx)))
-        self._probe()
-        if all(self.engine.site_problem(s) for s in SITES):
-            self._ctx.close()
-            raise UnsupportedModelError(self.engine.site_problem("head"))
+        # Free the plain context first, so that the process never holds two KV caches at once;
+        # on failure the Llama gets a new plain context back.
+        plain_ctx.close()
+        try:
+            self._ctx = HookedContext(model=llm._model, params=params, verbose=llm.verbose, hook=self)
+            self.engine.set_n_ubatch(int(llama_cpp.llama_n_ubatch(self._ctx.ctx)))
+            self._probe()
+            if all(self.engine.site_problem(s) for s in SITES):
+                self._ctx.close()
+                raise UnsupportedModelError(self.engine.site_problem("head"))
+        except BaseException:
+            llm._ctx = internals.LlamaContext(model=llm._model, params=llm.context_params, verbose=llm.verbose)
+            raise
 
         llm._ctx = self._ctx
-        self._plain_ctx.close()
         llm.eval = self._eval
         llm.generate = self._generate
         llm._sadi_hook = self

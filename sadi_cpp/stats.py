@@ -11,15 +11,6 @@ import numpy as np
 N_BOOT = 2000
 
 
-def bootstrap_ci(correct: np.ndarray, n_boot: int = N_BOOT, seed: int = 0) -> Tuple[float, float]:
-    """95% interval of the mean of a 0/1 vector."""
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(correct), size=(n_boot, len(correct)))
-    means = correct[idx].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    return float(lo), float(hi)
-
-
 @dataclass
 class Paired:
     n: int

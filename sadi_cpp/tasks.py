@@ -59,6 +59,17 @@ def copa(row: Row) -> Row:
     return {"prompt": prompt, "choices": [" A", " B"], "label": _label(row, 2)}
 
 
+def copa_cloze(row: Row) -> Row:
+    """Not the paper's format: the premise continued by "because" (cause) or "so" (effect) and
+    each alternative scored as the continuation, the way small base models read COPA best."""
+    c = _choices(row, 2)
+    link = {"cause": "because", "effect": "so"}.get(_text(row, "question"))
+    if link is None:
+        raise ValueError("field 'question' must be 'cause' or 'effect'")
+    premise = _text(row, "premise").rstrip(".")
+    return {"prompt": f"{premise} {link}", "choices": [" " + x[:1].lower() + x[1:] for x in c], "label": _label(row, 2)}
+
+
 def storycloze(row: Row) -> Row:
     c = _choices(row, 2)
     sentences = _get(row, "sentences")
@@ -111,7 +122,7 @@ def nli(row: Row) -> Row:
 
 
 TASKS: Dict[str, Callable[[Row], Row]] = {
-    "copa": copa, "storycloze": storycloze, "sst2": sst2, "boolq": boolq,
+    "copa": copa, "copa-cloze": copa_cloze, "storycloze": storycloze, "sst2": sst2, "boolq": boolq,
     "winogrande": winogrande, "mmlu": mmlu, "nli": nli,
 }
 

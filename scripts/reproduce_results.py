@@ -1,6 +1,7 @@
 """Reproduce docs/results.md: SADI and its baselines on the paper's tasks, on the default model.
 
-    python scripts/reproduce_results.py --data ../shared/data            # about 25 min on 2 cores
+    python scripts/reproduce_results.py --data ../shared/data --threads 2   # 35 min on the 2-core CI machine
+    python scripts/render_results.py                                         # writes docs/results.md
 
 For each task: 150 training items (one pair each: prompt+correct vs prompt+wrong), statistics
 gathered once for every site; K and delta (or scale, or layer) tuned on a dev split disjoint
@@ -40,13 +41,14 @@ def splits(task: str, n_train: int, n_dev: int) -> tuple:
     return {
         "sst2": (("sst2/train.jsonl", 0), ("sst2/dev.jsonl", 0), ("sst2/test.jsonl", 0)),
         "copa": (("copa/train.jsonl", 0), ("copa/val.jsonl", 0), ("copa/test.jsonl", 0)),  # val has 100 items
+        "copa-cloze": (("copa/train.jsonl", 0), ("copa/val.jsonl", 0), ("copa/test.jsonl", 0)),
         "boolq": (("boolq/dev.jsonl", 0), ("boolq/dev.jsonl", n_train), ("boolq/dev.jsonl", n_train + n_dev)),  # no train split
         "winogrande": (("winogrande/train_m.jsonl", 0), ("winogrande/train_m.jsonl", n_train), ("winogrande/dev.jsonl", 0)),
         "storycloze": (("storycloze/val.jsonl", 0), ("storycloze/val.jsonl", n_train), ("storycloze/test.jsonl", 0)),
     }[task]
 
 
-TASKS = ("sst2", "copa", "boolq", "winogrande", "storycloze")
+TASKS = ("sst2", "copa", "boolq", "winogrande", "storycloze")  # also: copa-cloze (not the paper's format)
 
 
 def load(data: Path, task: str, spec: tuple, n: int) -> List[MCItem]:
@@ -129,12 +131,7 @@ def copa_diagnostics(hook: sadi_cpp.Hook, data: Path, scores: Any, test: List[MC
     """Why the letter format fails on a small model: letter bias, probability left for the letters,
     and the same items scored as a cloze (premise + because/so + the choice itself)."""
     lp = scores.logprob[0, :, :2]
-    raw = [json.loads(line) for line in (data / "copa/test.jsonl").read_text().splitlines()[: len(test)]]
-    cloze = []
-    for r in raw:
-        link = " because" if r["question"] == "cause" else " so"
-        premise = r["premise"].rstrip(".")
-        cloze.append(MCItem(premise + link, tuple(" " + c[0].lower() + c[1:] for c in r["choices"]), r["label"]))
+    cloze = load(data, "copa-cloze", ("copa/test.jsonl", 0), len(test))
     cs = score_items(hook, cloze, [BASELINE])
     # the same letter prompt, the letters without the space the reference code puts before them
     bare = [MCItem(it.prompt, ("A", "B"), it.label) for it in test]
@@ -165,7 +162,7 @@ def main() -> None:
     if args.threads:
         kw["n_threads"] = kw["n_threads_batch"] = args.threads
     hook = sadi_cpp.load(**kw)
-    out: Dict[str, Any] = {"model": str(hook.llm.model_path), "sadi_cpp": sadi_cpp.__version__, "machine": platform.platform(),
+    out: Dict[str, Any] = {"command": " ".join(sys.argv), "model": str(hook.llm.model_path), "sadi_cpp": sadi_cpp.__version__, "machine": platform.platform(),
                            "python": platform.python_version(), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "tasks": {}}
     for task in args.tasks.split(","):
         n_test = 1821 if task == "sst2" and args.n_test >= 500 else args.n_test

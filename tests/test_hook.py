@@ -306,3 +306,17 @@ def test_load_refuses_a_file_that_is_not_gguf(tmp_path):
         sadi_cpp.load(str(bad))
     with pytest.raises(BadInputError, match="no such model"):
         sadi_cpp.load(str(tmp_path / "missing.gguf"))
+
+
+def test_a_failed_attach_leaves_a_working_plain_llama(tiny, make_llama, monkeypatch):
+    llm = make_llama()
+    want = eval_fresh(llm, PROMPT)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no context today")
+
+    monkeypatch.setattr(sadi_cpp.hook, "HookedContext", broken)
+    with pytest.raises(RuntimeError, match="no context today"):
+        sadi_cpp.attach(llm)
+    assert getattr(llm, "_sadi_hook", None) is None
+    assert np.array_equal(eval_fresh(llm, PROMPT), want)

@@ -80,3 +80,18 @@ def test_predictions_sum_and_per_token(tiny, make_llama):
         assert scores.predictions()[0, i] == np.argmax(lp[i, :n])
         assert scores.predictions(normalize=True)[0, i] == np.argmax(lp[i, :n] / scores.n_tokens[i, :n])
     assert scores.correct().shape == (1, 3)
+
+
+def test_evaluate_compares_on_the_same_items(tiny, make_llama, tmp_path):
+    import json
+
+    from sadi_cpp.evaluate import evaluate
+
+    hook = sadi_cpp.attach(make_llama())
+    path = tmp_path / "mc.jsonl"
+    path.write_text("\n".join(json.dumps({"prompt": it.prompt, "choices": list(it.choices), "label": it.label}) for it in ITEMS) + "\n")
+    zero = evaluate(hook, path, sadi({"head": head_mask(tiny)}, 0.0))
+    assert zero.acc == zero.base_acc and zero.diff == 0 and zero.n == 3
+    strong = evaluate(hook, ITEMS, sadi({"head": head_mask(tiny)}, 4.0))
+    scores = score_items(hook, ITEMS, [BASELINE, sadi({"head": head_mask(tiny)}, 4.0)])
+    assert strong.base_acc == scores.correct()[0].mean() and strong.acc == scores.correct()[1].mean()

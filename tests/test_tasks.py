@@ -21,6 +21,7 @@ def test_copa_is_the_papers_prompt():
 
 
 @pytest.mark.parametrize("task,row,prompt,choices,label", [
+    ("copa-cloze", COPA_ROW, "The item was packaged in bubble wrap because", [" it was fragile.", " it was small."], 0),
     ("storycloze", {"sentences": ["A a.", "B b.", "C c.", "D d."], "choices": ["E1.", "E2."], "label": 1},
      "A a. B b. C c. D d.\nQuestion: What is a possible continuation for the story given the following options?\nA: E1. B: E2.\nAnswer:",
      [" A", " B"], 1),

@@ -1,0 +1,38 @@
+"""Does steering help on this data? Unsteered and steered accuracy on the same items, compared.
+
+>>> import sadi_cpp
+>>> from sadi_cpp.evaluate import evaluate
+>>> from sadi_cpp.interventions import sadi
+>>> from sadi_cpp.mask import SadiMask
+>>> hook = sadi_cpp.load()
+>>> m = SadiMask.load("gemma-3-270m-q4_k_m.sst2-train.head.sadi.gguf")
+>>> r = evaluate(hook, "sst2-test.jsonl", sadi(m.units(), m.delta))
+>>> r.base_acc, r.acc, r.diff_ci, r.significant
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Optional, Sequence, Union
+
+from sadi_cpp.hook import Hook
+from sadi_cpp.interventions import BASELINE, Intervention
+from sadi_cpp.mcdata import MCItem, read_mc
+from sadi_cpp.positions import DEFAULT_POLICY
+from sadi_cpp.scoring import score_items
+from sadi_cpp.stats import Paired, paired
+
+
+def evaluate(
+    hook: Hook,
+    data: Union[str, Path, Sequence[MCItem]],
+    steering: Intervention,
+    positions: str = DEFAULT_POLICY,
+    normalize: bool = False,
+    progress: Optional[Callable[[int], None]] = None,
+) -> Paired:
+    """Score ``data`` (a multiple-choice JSONL path or items) unsteered and under ``steering``;
+    return the paired comparison (accuracies, difference, 95% bootstrap intervals, flips)."""
+    items = read_mc(data) if isinstance(data, (str, Path)) else list(data)
+    correct = score_items(hook, items, [BASELINE, steering], positions=positions, progress=progress).correct(normalize)
+    return paired(correct[0], correct[1])
