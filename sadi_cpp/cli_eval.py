@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 from typing_extensions import Annotated
 
-from sadi_cpp.cli import JsonOut, NCtx, Site, Threads, _errors, _load, app, err, out, progress_bar
+from sadi_cpp.cli import JsonOut, NCtx, Site, Threads, _errors, _load, app, out, progress_bar
 from sadi_cpp.errors import BadInputError
 
 Positions = Annotated[str, typer.Option("--positions", help="Rows steered: last (the paper's: last prompt token) | last+generated | all.")]

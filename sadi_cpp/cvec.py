@@ -9,8 +9,6 @@ slot for layer 0, so neither does this file.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Union
 
@@ -18,6 +16,7 @@ import gguf
 import numpy as np
 
 from sadi_cpp.errors import BadInputError
+from sadi_cpp.files import atomic_path
 
 ARCH = "controlvector"
 
@@ -33,11 +32,7 @@ def write_cvec(directions: np.ndarray, path: Union[str, Path], model_hint: str) 
     if not layers:
         raise BadInputError("the control vector is zero in every layer; nothing to export")
     path = Path(path)
-    if not path.parent.is_dir():
-        raise BadInputError(f"{path.parent}: no such folder for the control vector")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, "control vector") as tmp:
         w = gguf.GGUFWriter(tmp, ARCH)
         w.add_string(f"{ARCH}.model_hint", model_hint)
         w.add_int32(f"{ARCH}.layer_count", len(layers))
@@ -47,11 +42,6 @@ def write_cvec(directions: np.ndarray, path: Union[str, Path], model_hint: str) 
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path
 
 

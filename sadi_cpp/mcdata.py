@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import List, Tuple, Union
 
 from sadi_cpp.errors import BadInputError
+from sadi_cpp.files import atomic_path, read_jsonl
 
 
 @dataclass(frozen=True)
@@ -53,44 +54,16 @@ def parse_mc(obj: object, where: str) -> MCItem:
 
 def read_mc(path: Union[str, Path]) -> List[MCItem]:
     """All items of a multiple-choice JSONL file; BadInputError naming the file and line on any problem."""
-    p = Path(path)
-    if not p.is_file():
-        raise BadInputError(f"{p}: no such data file")
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise BadInputError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    items: List[MCItem] = []
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{p}:{i}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise BadInputError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
-        items.append(parse_mc(obj, where))
+    items = [parse_mc(obj, where) for obj, where in read_jsonl(path, "data")]
     if not items:
-        raise BadInputError(f"{p}: no items in the file (expected JSON lines with 'prompt', 'choices' and 'label')")
+        raise BadInputError(f"{path}: no items in the file (expected JSON lines with 'prompt', 'choices' and 'label')")
     return items
 
 
 def write_jsonl(rows: List[dict], path: Union[str, Path]) -> Path:
     """Write rows atomically (temporary file + rename)."""
-    import os
-    import tempfile
-
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise BadInputError(f"{path.parent}: no such folder")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+    with atomic_path(path, "data file") as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
             for row in rows:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    return path
+    return Path(path)

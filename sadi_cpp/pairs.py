@@ -11,12 +11,12 @@ Empty lines are skipped.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, List, Union
 
 from sadi_cpp.errors import BadInputError
+from sadi_cpp.files import read_jsonl
 
 
 @dataclass(frozen=True)
@@ -51,25 +51,11 @@ def parse_line(obj: object, where: str) -> List[Pair]:
 
 def read_pairs(path: Union[str, Path]) -> List[Pair]:
     """All pairs of a JSONL file; BadInputError naming the file and line on any problem."""
-    p = Path(path)
-    if not p.is_file():
-        raise BadInputError(f"{p}: no such pairs file")
     pairs: List[Pair] = []
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise BadInputError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        where = f"{p}:{i}"
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise BadInputError(f"{where}: malformed JSON ({e.msg} at column {e.colno})") from None
+    for obj, where in read_jsonl(path, "pairs"):
         pairs.extend(parse_line(obj, where))
     if not pairs:
-        raise BadInputError(f"{p}: no pairs in the file (expected JSON lines with 'positive' and 'negative', or 'prompt', 'choices' and 'label')")
+        raise BadInputError(f"{path}: no pairs in the file (expected JSON lines with 'positive' and 'negative', or 'prompt', 'choices' and 'label')")
     return pairs
 
 

@@ -3,14 +3,13 @@ and a tune grid's dev accuracies."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
 
 from sadi_cpp.errors import BadInputError
+from sadi_cpp.files import atomic_path
 
 
 def _pyplot(path: Path) -> Any:
@@ -27,15 +26,11 @@ def _pyplot(path: Path) -> Any:
 
 
 def _save(plt: Any, fig: Any, path: Path) -> Path:
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100, bbox_inches="tight")
-        os.replace(tmp, path)
+        with atomic_path(path, "plot") as tmp:
+            fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 

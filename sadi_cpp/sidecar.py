@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Union
 
@@ -11,6 +9,7 @@ import gguf
 import numpy as np
 
 from sadi_cpp.errors import BadInputError
+from sadi_cpp.files import atomic_path
 from sadi_cpp.fingerprint import FIELDS
 
 ARCH = "sadi"  # never "controlvector": llama.cpp would load the file as a control vector
@@ -26,11 +25,7 @@ _STR_KEYS = ("site", "positions", "rank_by", "pairs_sha256", "tool_version")
 def write_sidecar(mask: "Any", path: Union[str, Path]) -> Path:
     """Write atomically: a temporary file beside the target, renamed over it when complete."""
     path = Path(path)
-    if not path.parent.is_dir():
-        raise BadInputError(f"{path.parent}: no such folder for the mask file")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path, "mask file") as tmp:
         w = gguf.GGUFWriter(tmp, ARCH)
         w.add_name(f"SADI {mask.site} mask")
         w.add_uint32(f"{ARCH}.format_version", FORMAT_VERSION)
@@ -55,11 +50,6 @@ def write_sidecar(mask: "Any", path: Union[str, Path]) -> Path:
         w.write_kv_data_to_file()
         w.write_tensors_to_file()
         w.close()
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
     return path
 
 

@@ -24,7 +24,7 @@ import numpy as np
 
 import sadi_cpp
 from sadi_cpp.contrast import mean_differences
-from sadi_cpp.interventions import BASELINE, fixed, random_units, sadi
+from sadi_cpp.interventions import BASELINE, fixed, random_units
 from sadi_cpp.mask import select_top_k
 from sadi_cpp.mcdata import MCItem, parse_mc
 from sadi_cpp.scoring import score_items

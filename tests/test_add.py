@@ -7,7 +7,7 @@ import ctypes
 
 import numpy as np
 import pytest
-from conftest import eval_fresh, last_logits
+from conftest import eval_fresh
 
 import sadi_cpp
 from sadi_cpp import BadInputError

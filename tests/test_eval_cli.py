@@ -8,6 +8,7 @@ import gguf
 import numpy as np
 import pytest
 from conftest import eval_fresh
+from test_cli import bad
 from typer.testing import CliRunner
 
 import sadi_cpp
@@ -35,13 +36,6 @@ def run(args):
     assert res.exit_code == 0, res.output
     return res
 
-
-def bad(args, *fragments):
-    res = runner.invoke(app, args)
-    assert res.exit_code == 2, res.output
-    assert "Traceback" not in res.output
-    for f in fragments:
-        assert f in res.output, res.output
 
 
 def test_tune_writes_the_best_cell_of_its_grid(tiny_path, mc, tmp_path):
