@@ -195,6 +195,9 @@ def tune(
         raise BadInputError(f"unknown method '{method}': use one of {', '.join(METHODS)}")
     if output is not None and method in ("fixed", "random"):
         raise BadInputError(f"--method {method} is an ablation: tune prints its grid but writes no file (drop -o)")
+    for target in (output, plot):  # refuse before the minutes of work, not after
+        if target is not None and not target.parent.is_dir():
+            raise BadInputError(f"{target.parent}: no such folder for {target.name}")
     rows = _ints(k_grid, "--k-grid")
     cols = _floats(delta_grid, "--delta-grid")
     pairs = read_pairs(train)

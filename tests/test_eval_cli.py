@@ -135,5 +135,6 @@ def test_prepare_and_bad_input(tiny_path, mc, tmp_path):
     bad(["eval", str(tiny_path), str(dev), "--cvec", str(mask)], "not a control vector")
     bad(["tune", str(tiny_path), str(train), str(dev), "--method", "fixed", "-o", str(tmp_path / "f.gguf")], "ablation")
     bad(["tune", str(tiny_path), str(train), str(dev), "--k-grid", "1,x"], "--k-grid")
+    bad(["tune", str(tiny_path), str(train), str(dev), "-o", str(tmp_path / "nodir" / "m.gguf")], "no such folder")
     bad(["export-cvec", str(train), str(tiny_path), "--layers", "0"], "layer 0")
     assert not (tmp_path / "f.gguf").exists()
