@@ -24,6 +24,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from llama_cpp import Llama, llama_cpp
 from llama_cpp import _internals as internals
+from llama_cpp._utils import suppress_stdout_stderr
 
 from sadi_cpp._runtime import load_core
 from sadi_cpp.errors import BadInputError, SadiError, SteeringError, UnsupportedModelError
@@ -189,7 +190,9 @@ class Hook:
         # on failure the Llama gets a new plain context back.
         plain_ctx.close()
         try:
-            self._ctx = HookedContext(model=llm._model, params=params, verbose=llm.verbose, hook=self)
+            # llama.cpp logs while it builds a context; Llama() hides that unless verbose, so do we
+            with suppress_stdout_stderr(disable=llm.verbose):
+                self._ctx = HookedContext(model=llm._model, params=params, verbose=llm.verbose, hook=self)
             self.engine.set_n_ubatch(int(llama_cpp.llama_n_ubatch(self._ctx.ctx)))
             self._probe()
             if all(self.engine.site_problem(s) for s in SITES):
@@ -494,7 +497,9 @@ def load(model_path: Optional[str] = None, *, force_copy: bool = False, **llama_
     path = resolve_model(model_path)
     llama_kwargs.setdefault("verbose", False)
     try:
-        llm = Llama(model_path=str(path), **llama_kwargs)
+        # Llama() itself lets a warning or two through (e.g. Gemma 3's SWA cache note) when quiet
+        with suppress_stdout_stderr(disable=bool(llama_kwargs["verbose"])):
+            llm = Llama(model_path=str(path), **llama_kwargs)
     except ValueError as e:
         raise BadInputError(f"{path}: llama.cpp could not load this model ({e}); is it a GGUF model file?") from None
     return attach(llm, force_copy=force_copy)

@@ -82,3 +82,12 @@ def test_cli_end_to_end_on_the_default_model(tmp_path):
     res = runner.invoke(app, base + ["--delta", "0"])
     out = json.loads(res.stdout)
     assert out["steered"] == out["unsteered"]
+
+
+def test_quiet_load_prints_nothing(capfd):
+    """verbose=False (the default) hides llama.cpp's log while the hooked context is built, as Llama() does."""
+    capfd.readouterr()
+    hook = sadi_cpp.load(None, n_ctx=256, n_threads=2)
+    hook.llm.close()
+    out, err = capfd.readouterr()
+    assert out == "" and err == "", (out, err)
