@@ -35,6 +35,24 @@ from sadi_cpp.tune import config_for, default_grid
 ROOT = Path(__file__).resolve().parents[1]
 SITES = ("head", "neuron", "hidden")
 SEEDS = (0, 1, 2)
+# --grid wide (scripts/sst2_sweep.py): the paper's ranges plus delta below 4 and negative deltas
+# (-1 silences the units, -0.5 halves them), and K = 20 heads; the added vectors' scale likewise
+# reaches below 1 so that fixed and CAA get as wide a search as SADI.
+WIDE_GRIDS = {
+    "head": ([1, 3, 5, 10, 20], [-1.0, -0.5, 0.5, 1.0, 2.0, 4.0, 9.0, 19.0]),
+    "neuron": ([10, 50, 100, 300], [-1.0, -0.5, 1.0, 4.0, 9.0, 19.0, 49.0]),
+    "hidden": ([1, 5, 10, 20], [-1.0, -0.5, 0.5, 1.0, 2.0, 4.0, 9.0]),
+}
+WIDE_ALPHAS = [0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0]
+
+
+def grid(method: str, site: str, n_layer: int, wide: bool) -> tuple:
+    rows, cols = default_grid(method, site, n_layer)
+    if not wide:
+        return rows, cols
+    if method in ("sadi", "random"):
+        return WIDE_GRIDS[site]
+    return rows if method == "caa" else WIDE_GRIDS[site][0], WIDE_ALPHAS
 
 def splits(task: str, n_train: int, n_dev: int) -> tuple:
     """(file, first row) of train, dev and test; disjoint, dev never overlapping test."""
@@ -60,7 +78,7 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def run_task(hook: sadi_cpp.Hook, data: Path, task: str, n_train: int, n_dev: int, n_test: int) -> Dict[str, Any]:
+def run_task(hook: sadi_cpp.Hook, data: Path, task: str, n_train: int, n_dev: int, n_test: int, wide: bool = False) -> Dict[str, Any]:
     tr, dv, te = splits(task, n_train, n_dev)
     train, dev, test = load(data, task, tr, n_train), load(data, task, dv, n_dev), load(data, task, te, n_test)
     t0 = time.perf_counter()
@@ -71,7 +89,7 @@ def run_task(hook: sadi_cpp.Hook, data: Path, task: str, n_train: int, n_dev: in
     # dev, stage 1: every SADI cell of every site, and CAA's layer x scale grid, in one pass
     cells = []
     for method, site in [("sadi", s) for s in SITES] + [("caa", "residual")]:
-        rows, cols = default_grid(method, site, hook.shape["n_layer"])
+        rows, cols = grid(method, site, hook.shape["n_layer"], wide)
         cells += [(method, site, r, c) for r in rows for c in cols]
     configs = [BASELINE] + [config_for(hook, contrast, m, s, r, c) for m, s, r, c in cells]
     t0 = time.perf_counter()
@@ -87,7 +105,7 @@ def run_task(hook: sadi_cpp.Hook, data: Path, task: str, n_train: int, n_dev: in
     # dev, stage 2: the fixed vector on the best site's units, its scale tuned too
     b = best[best_site]
     mask = select_top_k(contrast.units(hook, best_site), int(b["row"]))
-    _, alphas = default_grid("fixed", best_site, hook.shape["n_layer"])
+    _, alphas = grid("fixed", best_site, hook.shape["n_layer"], wide)
     fixed_cfgs = [fixed(hook, best_site, mask, contrast.diffs[best_site], a, name=f"fixed:{a:g}") for a in alphas]
     facc = score_items(hook, dev, [BASELINE] + fixed_cfgs).correct().mean(axis=1)[1:]
     fj = int(np.argmax(facc))
@@ -112,7 +130,7 @@ def run_task(hook: sadi_cpp.Hook, data: Path, task: str, n_train: int, n_dev: in
     correct = scores.correct()
     preds = scores.predictions()
     res: Dict[str, Any] = {
-        "n_train_pairs": contrast.n_used, "n_dev": len(dev), "n_test": len(test), "splits": [tr, dv, te],
+        "n_train_pairs": contrast.n_used, "grid": "wide" if wide else "paper", "n_dev": len(dev), "n_test": len(test), "splits": [tr, dv, te],
         "dev_baseline": float(acc[0]), "best": best, "best_site": best_site, "methods": {},
         "answer_share": {n: np.bincount(preds[i], minlength=len(test[0].choices)).tolist() for i, n in enumerate(names)},
     }
@@ -156,6 +174,7 @@ def main() -> None:
     ap.add_argument("--n-dev", type=int, default=100)
     ap.add_argument("--n-test", type=int, default=500, help="test items per task (SST-2 uses all 1821 when larger)")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--grid", choices=("paper", "wide"), default="paper", help="the search grids (wide: see WIDE_GRIDS)")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results.json")
     args = ap.parse_args()
     kw: Dict[str, Any] = {"n_ctx": 1024}
@@ -166,7 +185,7 @@ def main() -> None:
                            "python": platform.python_version(), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "tasks": {}}
     for task in args.tasks.split(","):
         n_test = 1821 if task == "sst2" and args.n_test >= 500 else args.n_test
-        out["tasks"][task] = run_task(hook, args.data, task, args.n_train, args.n_dev, n_test)
+        out["tasks"][task] = run_task(hook, args.data, task, args.n_train, args.n_dev, n_test, args.grid == "wide")
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(out, indent=1))
     out["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
