@@ -273,7 +273,7 @@ def sst2_verdict(more_path: Path, draws_path: Path, confirm_path: Path) -> List[
     return [f"**With 1000 training pairs, SADI helps SST-2.** The training size was chosen on dev (sections below). On test, "
             f"SADI-{site} gains {sdiff(s['diff'], s['diff_ci'])} points over the baseline and beats, outside the noise, "
             + ", ".join(f"{n} ({sdiff(test_vs[n]['diff'], test_vs[n]['diff_ci'])})" for n in won)
-            + (f"; not " + ", ".join(f"{n} ({sdiff(test_vs[n]['diff'], test_vs[n]['diff_ci'])})" for n in lost) if lost else "")
+            + ("; not " + ", ".join(f"{n} ({sdiff(test_vs[n]['diff'], test_vs[n]['diff_ci'])})" for n in lost) if lost else "")
             + f". On {cf['items'][2]} fresh sentences with every choice frozen beforehand, SADI-{site} minus " +
             ", ".join(f"{n} {sdiff(v['diff'], v['diff_ci'])}" for n, v in fresh_vs.items()) + ". "
             f"Seed 0 is {'the luckiest' if seed0_best else 'one'} of the random draws on both sets (SADI is above {dr['draws_below_sadi']} of {len(dr['random'])} on "
