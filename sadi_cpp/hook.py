@@ -190,7 +190,7 @@ class Hook:
         # on failure the Llama gets a new plain context back.
         plain_ctx.close()
         try:
-            # llama.cpp logs while it builds a context; Llama() hides that unless verbose, so do we
+            # llama.cpp logs while it builds a context: quiet unless the Llama is verbose
             with suppress_stdout_stderr(disable=llm.verbose):
                 self._ctx = HookedContext(model=llm._model, params=params, verbose=llm.verbose, hook=self)
             self.engine.set_n_ubatch(int(llama_cpp.llama_n_ubatch(self._ctx.ctx)))

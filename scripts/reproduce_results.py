@@ -52,7 +52,8 @@ def grid(method: str, site: str, n_layer: int, wide: bool) -> tuple:
         return rows, cols
     if method in ("sadi", "random"):
         return WIDE_GRIDS[site]
-    return rows if method == "caa" else WIDE_GRIDS[site][0], WIDE_ALPHAS
+    return (rows if method == "caa" else WIDE_GRIDS[site][0]), WIDE_ALPHAS
+
 
 def splits(task: str, n_train: int, n_dev: int) -> tuple:
     """(file, first row) of train, dev and test; disjoint, dev never overlapping test."""
