@@ -19,14 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-import sadi_cpp
-from sadi_cpp.contrast import mean_differences
 from sadi_cpp.interventions import BASELINE, random_units
 from sadi_cpp.scoring import score_items
 from sadi_cpp.stats import paired
 from sadi_cpp.tune import config_for
 
-from reproduce_results import ROOT, load, log, splits  # scripts/ is on the path when run as a script
+from reproduce_results import ROOT, load, log, open_model, splits, statistics  # scripts/ is on the path when run as a script
 
 
 def main() -> None:
@@ -44,12 +42,10 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "random_draws.json")
     args = ap.parse_args()
 
-    kw = {"n_threads": args.threads, "n_threads_batch": args.threads} if args.threads else {}
-    hook = sadi_cpp.load(None, n_ctx=1024, **kw)
+    hook = open_model(args.threads)
     tr, dv, te = splits(args.task, args.n_train, args.n_dev)
     train = load(args.data, args.task, tr, args.n_train)
-    contrast = mean_differences(hook, [{"prompt": it.prompt, "choices": list(it.choices), "label": it.label} for it in train],
-                                sites=(args.site,))
+    contrast = statistics(hook, train, (args.site,))
     configs = [BASELINE, config_for(hook, contrast, "sadi", args.site, args.top_k, args.delta)]
     configs += [random_units(hook, args.site, args.top_k, args.delta, seed=s, name=f"random-{s}") for s in range(args.seeds)]
     out = {"command": " ".join(sys.argv), "task": args.task, "n_train_pairs": contrast.n_used, "site": args.site,

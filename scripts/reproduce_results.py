@@ -18,7 +18,7 @@ import platform
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -75,6 +75,19 @@ def load(data: Path, task: str, spec: tuple, n: int) -> List[MCItem]:
     return [parse_mc(r, f"{spec[0]}:{spec[1] + i + 1}") for i, r in enumerate(rows)]
 
 
+def open_model(threads: Optional[int]) -> sadi_cpp.Hook:
+    """The default model, hooked; ``threads`` for both single-token and batch decodes."""
+    kw: Dict[str, Any] = {"n_ctx": 1024}
+    if threads:
+        kw["n_threads"] = kw["n_threads_batch"] = threads
+    return sadi_cpp.load(**kw)
+
+
+def statistics(hook: sadi_cpp.Hook, train: List[MCItem], sites: tuple) -> Any:
+    """Mean differences from one pair per wrong choice of each training item."""
+    return mean_differences(hook, [{"prompt": it.prompt, "choices": list(it.choices), "label": it.label} for it in train], sites=sites)
+
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -83,8 +96,7 @@ def run_task(hook: sadi_cpp.Hook, data: Path, task: str, n_train: int, n_dev: in
     tr, dv, te = splits(task, n_train, n_dev)
     train, dev, test = load(data, task, tr, n_train), load(data, task, dv, n_dev), load(data, task, te, n_test)
     t0 = time.perf_counter()
-    contrast = mean_differences(hook, [{"prompt": it.prompt, "choices": list(it.choices), "label": it.label} for it in train],
-                                sites=SITES + ("residual",))
+    contrast = statistics(hook, train, SITES + ("residual",))
     log(f"{task}: statistics from {contrast.n_used} pairs in {time.perf_counter() - t0:.0f} s")
 
     # dev, stage 1: every SADI cell of every site, and CAA's layer x scale grid, in one pass
@@ -178,10 +190,7 @@ def main() -> None:
     ap.add_argument("--grid", choices=("paper", "wide"), default="paper", help="the search grids (wide: see WIDE_GRIDS)")
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results.json")
     args = ap.parse_args()
-    kw: Dict[str, Any] = {"n_ctx": 1024}
-    if args.threads:
-        kw["n_threads"] = kw["n_threads_batch"] = args.threads
-    hook = sadi_cpp.load(**kw)
+    hook = open_model(args.threads)
     out: Dict[str, Any] = {"command": " ".join(sys.argv), "model": str(hook.llm.model_path), "sadi_cpp": sadi_cpp.__version__, "machine": platform.platform(),
                            "python": platform.python_version(), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "tasks": {}}
     for task in args.tasks.split(","):

@@ -23,15 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-import sadi_cpp
-from sadi_cpp.contrast import mean_differences
 from sadi_cpp.interventions import BASELINE, fixed, random_units
 from sadi_cpp.mask import select_top_k
 from sadi_cpp.scoring import score_items
 from sadi_cpp.stats import paired
 from sadi_cpp.tune import config_for
 
-from reproduce_results import ROOT, SITES, load, log  # scripts/ is on the path when run as a script
+from reproduce_results import ROOT, SITES, load, log, open_model, statistics  # scripts/ is on the path when run as a script
 
 FRESH = ("sst2/train.jsonl", 5000)
 
@@ -51,11 +49,9 @@ def main() -> None:
     train_spec = tuple(frozen["splits"][0])
     if train_spec[1] + frozen["n_train_pairs"] > FRESH[1] and train_spec[0] == FRESH[0]:
         raise SystemExit("the frozen run's training rows overlap the fresh rows")
-    kw = {"n_threads": args.threads, "n_threads_batch": args.threads} if args.threads else {}
-    hook = sadi_cpp.load(None, n_ctx=1024, **kw)
+    hook = open_model(args.threads)
     train = load(args.data, "sst2", train_spec, frozen["n_train_pairs"])
-    contrast = mean_differences(hook, [{"prompt": it.prompt, "choices": list(it.choices), "label": it.label} for it in train],
-                                sites=SITES + ("residual",))
+    contrast = statistics(hook, train, SITES + ("residual",))
     k, delta = int(best[site]["row"]), best[site]["col"]
     mask = select_top_k(contrast.units(hook, site), k)
     names = ["baseline"] + [f"sadi-{s}" for s in SITES] + ["fixed", "caa"] + [f"random-{i}" for i in range(args.seeds)]
@@ -74,7 +70,7 @@ def main() -> None:
     against = {"baseline": correct[0], "fixed": correct[names.index("fixed")], "caa": correct[names.index("caa")],
                "random-0": correct[names.index("random-0")], "random (mean of draws)": draws.mean(axis=0)}
     out = {
-        "command": " ".join(sys.argv), "frozen_from": str(args.frozen.relative_to(ROOT)), "items": [FRESH[0], FRESH[1], len(items)],
+        "command": " ".join(sys.argv), "frozen_from": str(args.frozen.resolve().relative_to(ROOT) if args.frozen.resolve().is_relative_to(ROOT) else args.frozen), "items": [FRESH[0], FRESH[1], len(items)],
         "sadi_site": site, "accuracy": dict(zip(names, correct.mean(axis=1).tolist())),
         "sadi_minus": {n: paired(v, s).as_dict() for n, v in against.items()},
         "vs_baseline": {n: paired(correct[0], correct[i]).as_dict() for i, n in enumerate(names) if i},

@@ -22,29 +22,15 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-import sadi_cpp
-from sadi_cpp.contrast import mean_differences
 from sadi_cpp.interventions import BASELINE, sadi
 from sadi_cpp.mask import select_top_k
-from sadi_cpp.mcdata import parse_mc
 from sadi_cpp.scoring import score_items
 from sadi_cpp.stats import paired
-from sadi_cpp.tasks import convert_file
 
-from reproduce_results import WIDE_GRIDS  # scripts/ is on the path when run as a script
+from reproduce_results import ROOT, WIDE_GRIDS, load, log, open_model, statistics  # scripts/ is on the path when run as a script
 
-ROOT = Path(__file__).resolve().parents[1]
 GRID = WIDE_GRIDS
 HALF = 436  # dev rows [0, HALF) are half A, the rest half B
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def items(data: Path, name: str, start: int, limit: int) -> List[Any]:
-    rows = convert_file("sst2", data / "sst2" / name, start=start, limit=limit)
-    return [parse_mc(r, f"sst2/{name}:{start + i + 1}") for i, r in enumerate(rows)]
 
 
 def summarize(d: Dict[str, Any]) -> List[Dict[str, Any]]:
@@ -99,16 +85,15 @@ def main() -> None:
     if args.report:
         return report(args.json)
 
-    hook = sadi_cpp.load(None, n_ctx=512, n_threads=args.threads)
-    dev = items(args.data, "dev.jsonl", 0, args.n_dev)
+    hook = open_model(args.threads)
+    dev = load(args.data, "sst2", ("sst2/dev.jsonl", 0), args.n_dev)
     labels = np.array([it.label for it in dev])
     out: Dict[str, Any] = {"command": " ".join(sys.argv), "grid": GRID, "half": HALF, "n_dev": len(dev),
                            "labels": labels.tolist(), "runs": {}}
     for n_train in [int(x) for x in args.train_sizes.split(",")]:
-        train = items(args.data, "train.jsonl", 0, n_train)
+        train = load(args.data, "sst2", ("sst2/train.jsonl", 0), n_train)
         t0 = time.perf_counter()
-        contrast = mean_differences(hook, [{"prompt": it.prompt, "choices": list(it.choices), "label": it.label} for it in train],
-                                    sites=tuple(GRID))
+        contrast = statistics(hook, train, tuple(GRID))
         log(f"{n_train} pairs: statistics in {time.perf_counter() - t0:.0f} s")
         cells, configs = [], [BASELINE]
         for site, (ks, deltas) in GRID.items():
