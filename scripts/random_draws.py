@@ -1,6 +1,6 @@
 """SADI against many random draws of its units, not one: the random ablation is a distribution.
 
-    python scripts/random_draws.py --threads 2      # about 15 min on 2 cores
+    python scripts/random_draws.py --threads 2      # 15 min on 2 cores (measured)
 
 The results runs compare SADI with random units drawn with seeds 0-2 and judge it against seed 0
 alone. One draw of K units can help or hurt by chance (on SST-2 the three draws moved test

@@ -1,6 +1,6 @@
 """A confirmation on SST-2 sentences no run has used, every choice frozen beforehand.
 
-    python scripts/sst2_confirm.py --threads 2      # about 12 min on 2 cores
+    python scripts/sst2_confirm.py --threads 2      # 13 min on 2 cores (measured)
 
 The 1000-pair SST-2 run (benchmarks/results_sst2_1000.json) chose its training size on dev, but
 after the main run's test numbers were known, and its comparison with many random draws

@@ -1,7 +1,7 @@
 """A wider SADI search on SST-2, on dev only: does any (training size, site, K, delta) help in a
 way that carries over from one half of the dev file to the other?
 
-    python scripts/sst2_sweep.py --data ../shared/data --threads 2    # about 45 min on 2 cores
+    python scripts/sst2_sweep.py --data ../shared/data --threads 2    # 36 min on 2 cores (measured)
 
 The main run (scripts/reproduce_results.py) tuned K and delta on the paper's grid and found
 SADI's SST-2 gain on test within the noise; its best cells sat at the grid's low edge (delta 4).
@@ -84,6 +84,8 @@ def main() -> None:
     args = ap.parse_args()
     if args.report:
         return report(args.json)
+    if args.n_dev <= HALF:
+        ap.error(f"--n-dev must exceed {HALF}: rows {HALF + 1} on are the second half the report checks against")
 
     hook = open_model(args.threads)
     dev = load(args.data, "sst2", ("sst2/dev.jsonl", 0), args.n_dev)
