@@ -21,7 +21,7 @@ import numpy as np
 from llama_cpp import Llama
 
 import sadi_cpp
-from sadi_cpp.mask import DEFAULT_TOP_K
+from sadi_cpp.sites import DEFAULT_TOP_K
 from sadi_cpp.models import default_model_path
 
 from _common import machine, median, print_table, write_json
@@ -39,10 +39,10 @@ PROMPTS = [
 
 
 def random_mask(hook: sadi_cpp.Hook, site: str, k: int, seed: int = 0) -> Dict[str, np.ndarray]:
-    n = hook.shape["n_layer"] * hook.n_units(site)
+    n = hook.shape.n_layer * hook.n_units(site)
     m = np.zeros(n, bool)
     m[np.random.default_rng(seed).choice(n, k, replace=False)] = True
-    return {site: m.reshape(hook.shape["n_layer"], -1)}
+    return {site: m.reshape(hook.shape.n_layer, -1)}
 
 
 def measure(llm: Llama, tokens: List[int], n_gen: int) -> Dict[str, float]:

@@ -145,7 +145,7 @@ def ours_generate(n_gen: int, threads: int) -> Dict[str, Any]:
     from bench_steering import measure
 
     hook = sadi_cpp.load(n_ctx=1024, n_threads=threads, n_threads_batch=threads)
-    hook.set_steering({"head": steer_mask(hook.shape["n_layer"], hook.shape["n_head"])}, delta=9.0)
+    hook.set_steering({"head": steer_mask(hook.shape.n_layer, hook.shape.n_head)}, delta=9.0)
     runs = [measure(hook.llm, hook.llm.tokenize(p.encode()), n_gen) for p in PROMPTS * 2]
     return {"prompt_tps": median([r["prompt_tps"] for r in runs]), "gen_tps": median([r["gen_tps"] for r in runs]),
             "peak_rss_mib": peak_rss_mib()}

@@ -1,10 +1,12 @@
 """sadi-cpp: SADI activation steering for quantized GGUF models, inside llama.cpp's compute graph."""
 
-from sadi_cpp.errors import BadInputError, SadiError, SteeringError, UnsupportedModelError
-from sadi_cpp.hook import SITES, Hook, Recording, attach, load
-from sadi_cpp.positions import DEFAULT_POLICY, POLICIES
+__version__ = "0.1.0"  # first, so that modules imported below may read it
 
-__version__ = "0.1.0"
+from sadi_cpp.errors import BadInputError, SadiError, SteeringError, UnsupportedModelError  # noqa: E402
+from sadi_cpp.hook import Hook, attach, load  # noqa: E402
+from sadi_cpp.positions import DEFAULT_POLICY, POLICIES  # noqa: E402
+from sadi_cpp.recording import Recording  # noqa: E402
+from sadi_cpp.sites import SITES  # noqa: E402
 
 __all__ = [
     "SITES",

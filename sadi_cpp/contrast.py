@@ -24,11 +24,11 @@ from typing import Callable, Dict, Iterable, Optional, Sequence, Union
 
 import numpy as np
 
-from llama_cpp import _internals as internals
-
 from sadi_cpp.errors import BadInputError
-from sadi_cpp.hook import RECORD_SITES, Hook, check_site
+from sadi_cpp.hook import Hook
 from sadi_cpp.pairs import Pair, as_pairs, file_sha256, read_pairs
+from sadi_cpp.recording import Recording
+from sadi_cpp.sites import RECORD_SITES, check_site
 
 
 @dataclass
@@ -60,45 +60,41 @@ def mean_differences(
     """
     sites = tuple(check_site(s, RECORD_SITES) for s in sites)
     for site in sites:
-        if hook.engine.site_problem(site):
-            raise BadInputError(hook.engine.site_problem(site))
+        if hook.site_problem(site):
+            raise BadInputError(hook.site_problem(site))
     pairs_hash = ""
     if isinstance(pairs, (str, Path)):
         pairs_hash = file_sha256(pairs)
         pairs = read_pairs(pairs)
     llm = hook.llm
-    n_ctx = min(llm.n_ctx(), int(llm.context_params.n_ctx))  # Llama sizes its buffers by the latter
+    n_ctx = hook.n_ctx
     out = Contrast(diffs={}, pairs_sha256=pairs_hash)
     start = time.perf_counter()
     batch = _Batcher(hook, progress) if batched else None
     with hook.recording(sites=sites, capture=False) as rec:
-        try:
-            for pair in as_pairs(pairs):
-                toks = [llm.tokenize(t.encode("utf-8")) for t in (pair.positive, pair.negative)]
-                longest = max(len(t) for t in toks)
-                if longest > n_ctx:
-                    if strict:
-                        raise BadInputError(f"{pair.where}: {longest} tokens, longer than the context ({n_ctx}); raise --n-ctx or drop the pair")
-                    out.skipped["longer than the context"] = out.skipped.get("longer than the context", 0) + 1
-                    if progress is not None:
-                        progress(1)
-                    continue
-                out.n_used += 1
-                if batch is not None and batch.add(toks[0], toks[1], rec):
-                    continue  # evaluated with its group later
-                if batch is not None:
-                    batch.flush(rec)
-                for slot, t in enumerate(toks):
-                    rec.set_slot(slot)
-                    llm.reset()
-                    llm.eval(t)
+        for pair in as_pairs(pairs):
+            toks = [llm.tokenize(t.encode("utf-8")) for t in (pair.positive, pair.negative)]
+            longest = max(len(t) for t in toks)
+            if longest > n_ctx:
+                if strict:
+                    raise BadInputError(f"{pair.where}: {longest} tokens, longer than the context ({n_ctx}); raise --n-ctx or drop the pair")
+                out.skipped["longer than the context"] = out.skipped.get("longer than the context", 0) + 1
                 if progress is not None:
                     progress(1)
+                continue
+            out.n_used += 1
+            if batch is not None and batch.add(toks[0], toks[1], rec):
+                continue  # evaluated with its group later
             if batch is not None:
                 batch.flush(rec)
-        finally:
-            if batch is not None:
-                batch.close()
+            for slot, t in enumerate(toks):
+                rec.set_slot(slot)
+                llm.reset()
+                llm.eval(t)
+            if progress is not None:
+                progress(1)
+        if batch is not None:
+            batch.flush(rec)
     out.seconds = time.perf_counter() - start
     if out.n_used == 0:
         raise BadInputError("no usable pairs: every pair was skipped (" + ", ".join(f"{n} {why}" for why, n in out.skipped.items()) + ")")
@@ -113,14 +109,12 @@ class _Batcher:
     def __init__(self, hook: Hook, progress: Optional[Callable[[int], None]]):
         self.hook = hook
         self.progress = progress
-        llm = hook.llm
-        self.budget = min(llm.n_ctx(), int(llm.context_params.n_ctx), llm.n_batch)  # tokens in KV and per decode
+        self.budget = min(hook.n_ctx, hook.llm.n_batch)  # tokens in KV and per decode
         self.max_pairs = max(1, hook.n_seq_max // 2)
         self.pending: list = []  # (shared tokens, positive tail, negative tail)
         self.used = 0
-        self.batch = internals.LlamaBatch(n_tokens=self.budget, embd=0, n_seq_max=1, verbose=False)
 
-    def add(self, pos: list, neg: list, rec) -> bool:
+    def add(self, pos: list, neg: list, rec: Recording) -> bool:
         """Queue a pair; False when it cannot be batched (too long): evaluate it alone."""
         if self.max_pairs < 2:
             return False
@@ -140,36 +134,27 @@ class _Batcher:
 
     def _decode(self, rows: list, record: bool) -> None:
         """rows: (token, pos, seq); the last row of each sequence is recorded when ``record``."""
-        b = self.batch.batch
-        b.n_tokens = len(rows)
-        last = {}
-        for i, (tok, p, seq) in enumerate(rows):
-            b.token[i], b.pos[i], b.n_seq_id[i], b.seq_id[i][0], b.logits[i] = tok, p, 1, seq, 0
-            last[seq] = i
-        self.hook._ctx.decode_rows(b, [], sorted(last.values()) if record else [])
+        last = {seq: i for i, (_, _, seq) in enumerate(rows)}
+        self.hook.decode_rows(rows, sorted(last.values()) if record else [])
 
-    def flush(self, rec) -> None:
+    def flush(self, rec: Recording) -> None:
         if not self.pending:
             return
-        ctx = self.hook._ctx
-        ctx.kv_cache_clear()
+        hook = self.hook
+        hook.kv_clear()
         try:
             shared = [(t, p, 2 * k) for k, (pre, _, _) in enumerate(self.pending) for p, t in enumerate(pre)]
             if shared:
                 self._decode(shared, record=False)
                 for k, (pre, _, _) in enumerate(self.pending):
                     if pre:
-                        ctx.kv_cache_seq_cp(2 * k, 2 * k + 1, 0, len(pre))
+                        hook.kv_copy(2 * k, 2 * k + 1, 0, len(pre))
             for slot in (0, 1):
                 rec.set_slot(slot)
                 rows = [(t, len(pre) + p, 2 * k + slot) for k, (pre, *tails) in enumerate(self.pending) for p, t in enumerate(tails[slot])]
                 self._decode(rows, record=True)
         finally:
-            ctx.kv_cache_clear()
-            self.hook.llm.reset()
+            hook.kv_clear()
         if self.progress is not None:
             self.progress(len(self.pending))
         self.pending, self.used = [], 0
-
-    def close(self) -> None:
-        self.batch.close()

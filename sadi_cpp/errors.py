@@ -1,4 +1,4 @@
-"""The exceptions sadi-cpp raises. The CLI turns BadInputError into exit code 2."""
+"""The exceptions sadi-cpp raises. The CLI turns BadInputError into exit code 2, the others into 1."""
 
 from __future__ import annotations
 
@@ -17,3 +17,7 @@ class UnsupportedModelError(BadInputError):
 
 class SteeringError(SadiError, RuntimeError):
     """The eval callback met an error during a decode; the decode's outputs are not to be trusted."""
+
+
+class LlamaError(SadiError, RuntimeError):
+    """llama.cpp refused a call (e.g. llama_decode returned an error code)."""

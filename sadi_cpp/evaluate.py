@@ -1,13 +1,9 @@
-"""Does steering help on this data? Unsteered and steered accuracy on the same items, compared.
+"""Does steering help on this data? Unsteered and steered accuracy on the same items, compared::
 
->>> import sadi_cpp
->>> from sadi_cpp.evaluate import evaluate
->>> from sadi_cpp.interventions import sadi
->>> from sadi_cpp.mask import SadiMask
->>> hook = sadi_cpp.load()
->>> m = SadiMask.load("gemma-3-270m-q4_k_m.sst2-train.head.sadi.gguf")
->>> r = evaluate(hook, "sst2-test.jsonl", sadi(m.units(), m.delta))
->>> r.base_acc, r.acc, r.diff_ci, r.significant
+    hook = sadi_cpp.load()
+    m = SadiMask.load("gemma-3-270m-q4_k_m.sst2-train.head.sadi.gguf")
+    r = evaluate(hook, "sst2-test.jsonl", sadi(m.units(), m.delta))
+    r.base_acc, r.acc, r.diff_ci, r.significant
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Dict, Union
+from typing import Any, Dict, Union
 
 import gguf
 
@@ -13,7 +13,7 @@ from sadi_cpp.errors import BadInputError
 FIELDS = ("arch", "n_layer", "n_embd", "n_head", "head_dim", "n_ff", "n_vocab", "tensors_sha256")
 
 
-def model_fingerprint(path: Union[str, Path], shape: Dict[str, object], n_vocab: int) -> Dict[str, object]:
+def model_fingerprint(path: Union[str, Path], shape: Any, n_vocab: int) -> Dict[str, object]:
     """Shape numbers plus a sha256 of the model's tensor names, shapes and types (not the weights:
     that would read the whole file; the same architecture re-quantized differs in types)."""
     try:
@@ -23,7 +23,7 @@ def model_fingerprint(path: Union[str, Path], shape: Dict[str, object], n_vocab:
     h = hashlib.sha256()
     for t in reader.tensors:
         h.update(f"{t.name}:{','.join(str(int(d)) for d in t.shape)}:{t.tensor_type.name}\n".encode())
-    fp = {k: shape[k] for k in ("arch", "n_layer", "n_embd", "n_head", "head_dim", "n_ff")}
+    fp: Dict[str, object] = {k: getattr(shape, k) for k in ("arch", "n_layer", "n_embd", "n_head", "head_dim", "n_ff")}
     fp["n_vocab"] = int(n_vocab)
     fp["tensors_sha256"] = h.hexdigest()
     return fp

@@ -2,16 +2,17 @@
 
 ``attach(llm)`` swaps the Llama's context for one whose eval callback is the C++ engine, so every
 llama-cpp-python idiom (``llm(...)``, ``create_completion``, ``create_chat_completion``, ``eval``)
-keeps working, now readable and steerable:
+keeps working, now readable and steerable::
 
->>> from llama_cpp import Llama
->>> import sadi_cpp
->>> hook = sadi_cpp.attach(Llama(model_path, verbose=False))
->>> with hook.steering({"head": mask}, delta=9.0):          # mask: bool array [n_layer, n_head]
-...     print(hook.llm("Q: Is the sky blue?\\nA:", max_tokens=8)["choices"][0]["text"])
->>> with hook.recording(sites=("head",)) as rec:
-...     hook.llm.eval(hook.llm.tokenize(b"Hello"))
->>> rec.units("head").shape                                  # (1, n_layer, n_head)
+    hook = sadi_cpp.attach(Llama(model_path, verbose=False))
+    with hook.steering({"head": mask}, delta=9.0):      # mask: bool array [n_layer, n_head]
+        print(hook.llm("Q: Is the sky blue?\\nA:", max_tokens=8)["choices"][0]["text"])
+    with hook.recording(sites=("head",)) as rec:
+        hook.llm.eval(hook.llm.tokenize(b"Hello"))
+    rec.units("head").shape                              # (1, n_layer, n_head)
+
+This is the one module that touches llama-cpp-python's internals (its ``_internals`` context and
+batch classes, the Llama's private fields); the rest of sadi-cpp uses the Hook's public methods.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import math
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from llama_cpp import Llama, llama_cpp
@@ -27,15 +28,18 @@ from llama_cpp import _internals as internals
 from llama_cpp._utils import suppress_stdout_stderr
 
 from sadi_cpp._runtime import load_core
-from sadi_cpp.errors import BadInputError, SadiError, SteeringError, UnsupportedModelError
-from sadi_cpp.positions import DEFAULT_POLICY, check_policy, rows_for
+from sadi_cpp.errors import BadInputError, LlamaError, SadiError, SteeringError, UnsupportedModelError
+from sadi_cpp.models import resolve_model
+from sadi_cpp.positions import DEFAULT_POLICY, PositionTracker, check_policy
+from sadi_cpp.recording import Recording
+from sadi_cpp.sites import RECORD_SITES, SITES, Shape, check_adds, check_site, masks_to_units
 
 _core = load_core()
 
-SITES = ("head", "neuron", "hidden")
 MAX_SEQUENCES = 64  # sequences the hooked context accepts in one decode
-# Sites that can also be read and added to (not masked): the residual stream after each layer.
-RECORD_SITES = SITES + ("residual",)
+# |delta| above this is refused: the paper's strengths stay below 100, and a huge factor drives
+# activations (and the KV cache built from them) to infinity.
+MAX_DELTA = 1e4
 
 
 def _address(ptr: Any) -> int:
@@ -43,12 +47,6 @@ def _address(ptr: Any) -> int:
     if not value:
         raise SadiError("the Llama has no native model or context (was it closed?)")
     return value
-
-
-def check_site(site: str, allowed: Sequence[str] = SITES) -> str:
-    if site not in allowed:
-        raise BadInputError(f"unknown site '{site}': use one of {', '.join(allowed)}")
-    return site
 
 
 class HookedContext(internals.LlamaContext):
@@ -61,10 +59,12 @@ class HookedContext(internals.LlamaContext):
         super().__init__(model=model, params=params, verbose=verbose)
 
     def decode(self, batch: internals.LlamaBatch) -> None:
-        steer_rows, record_rows = self._hook._rows_for(batch.batch)
-        self.decode_rows(batch.batch, steer_rows, record_rows)
+        b = batch.batch
+        track = self._hook._track
+        steer_rows, record_rows = track.rows(b.pos[0] if b.n_tokens > 0 else 0, b.n_tokens, self.engine.steering)
+        self.decode_rows(b, steer_rows, record_rows)
         if steer_rows:
-            self._hook._mark_steered(batch.batch.pos[steer_rows[0]])
+            track.mark_steered(b.pos[steer_rows[0]])
 
     def decode_rows(self, batch: Any, steer_rows: List[int], record_rows: List[int]) -> None:
         """llama_decode a native batch with the engine steering and recording the given rows."""
@@ -84,72 +84,7 @@ class HookedContext(internals.LlamaContext):
         if error:
             raise SteeringError(error)
         if rc != 0:
-            raise RuntimeError(f"llama_decode returned {rc}")
-
-
-class Recording:
-    """What a ``Hook.recording`` block read. Arrays are copies; the block's rows are in decode order.
-
-    ``values(site)``: [n_rows, n_layer, width] float32 (head: n_head*head_dim values, heads
-    contiguous; neuron: n_ff; hidden and residual: n_embd). NaN where the graph held no such row (a non-output
-    token in a layer that keeps output rows only). ``units(site)``: the same reduced to SADI's units,
-    heads averaged over head_dim. ``sums``/``counts``: the streaming accumulators.
-    """
-
-    def __init__(self, hook: "Hook", sites: Tuple[str, ...]):
-        self._hook = hook
-        self.sites = sites
-        self._arrays: Dict[str, np.ndarray] = {}
-        self._sums: Dict[Tuple[int, str], np.ndarray] = {}
-        self._counts: Dict[Tuple[int, str], np.ndarray] = {}
-        self.positions = np.zeros(0, dtype=np.int32)
-        self._open = True
-
-    def set_slot(self, slot: int) -> None:
-        """Accumulate the rows recorded from now on into accumulator ``slot`` (e.g. 0 positive, 1 negative)."""
-        if not self._open:
-            raise SadiError("this recording has ended")
-        self._hook.engine.set_accumulate_slot(slot)
-
-    def _close(self, capture: bool) -> None:
-        engine = self._hook.engine
-        for site in self.sites:
-            if capture:
-                self._arrays[site] = engine.captured(site)
-            for slot in range(engine.n_slots):
-                self._sums[(slot, site)] = engine.sums(slot, site)
-                self._counts[(slot, site)] = engine.counts(slot, site)
-        if capture:
-            self.positions = engine.captured_positions()
-        self.n_slots = engine.n_slots
-        self._open = False
-
-    def _need(self, site: str) -> None:
-        if self._open:
-            raise SadiError("read a recording after its `with` block has ended")
-        if site not in self.sites:
-            raise BadInputError(f"site '{site}' was not recorded (recorded: {', '.join(self.sites)})")
-
-    def values(self, site: str) -> np.ndarray:
-        self._need(site)
-        if site not in self._arrays:
-            raise SadiError("this recording kept no rows: use recording(capture=True)")
-        return self._arrays[site]
-
-    def units(self, site: str) -> np.ndarray:
-        return self._hook.to_units(site, self.values(site))
-
-    def sums(self, site: str, slot: int = 0) -> np.ndarray:
-        """[n_layer, width] float64 sum of the rows accumulated into ``slot``."""
-        self._need(site)
-        if (slot, site) not in self._sums:
-            raise SadiError(f"no accumulator slot {slot}: call set_slot({slot}) inside the block")
-        return self._sums[(slot, site)]
-
-    def counts(self, site: str, slot: int = 0) -> np.ndarray:
-        """[n_layer] number of rows accumulated into ``slot`` per layer."""
-        self.sums(site, slot)
-        return self._counts[(slot, site)]
+            raise LlamaError(f"llama_decode returned {rc}")
 
 
 class Hook:
@@ -165,13 +100,11 @@ class Hook:
         self.llm = llm
         self.engine = _core.Engine(_address(llm._model.model))
         self.engine.force_copy = force_copy
-        self.shape: Dict[str, Any] = dict(self.engine.shape)
-
-        self._steer_policy = DEFAULT_POLICY
-        self._record_policy: Optional[str] = None
-        self._generated = False
-        self._last_prompt_pos = -1
-        self._dirty_from = math.inf  # first position whose KV depends on a steered row
+        self.shape = Shape.from_engine(self.engine.shape)
+        self._track = PositionTracker()
+        self._steering_args: Optional[Tuple[Any, ...]] = None  # what set_steering was last given
+        self._batch: Optional[internals.LlamaBatch] = None
+        self._detached = False
         self._orig_eval = llm.eval
         self._orig_generate = llm.generate
 
@@ -220,15 +153,19 @@ class Hook:
             rc = llama_cpp.llama_decode(self._ctx.ctx, batch.batch)
             self.engine.end_probe()
             if rc != 0:
-                raise SadiError(f"llama_decode returned {rc} while probing the model's graph")
+                raise LlamaError(f"llama_decode returned {rc} while probing the model's graph")
         finally:
             batch.close()
             self._ctx.kv_cache_clear()
 
     def detach(self) -> None:
         """Give the Llama a plain context back (no callback, an empty KV cache)."""
-        if self.llm._sadi_hook is not self:
+        if self._detached or self.llm._sadi_hook is not self:
             return
+        self._detached = True
+        if self._batch is not None:
+            self._batch.close()
+            self._batch = None
         self._ctx.close()
         if self.llm._model.model is not None:  # a closed Llama gets no new context
             self.llm._ctx = internals.LlamaContext(
@@ -239,38 +176,43 @@ class Hook:
         self.llm._sadi_hook = None
         self.llm.reset()
 
+    def _live(self) -> None:
+        """Refuse to touch native state that is gone: a detached hook, a closed Llama."""
+        if self._detached:
+            raise SadiError("this hook was detached: attach the Llama again (sadi_cpp.attach) to steer it")
+        if self.llm._model.model is None or self._ctx.ctx is None:
+            raise SadiError("the Llama of this hook was closed: load the model again")
+
     @property
     def sites(self) -> Tuple[str, ...]:
         """The sites this model's graph allows to read and steer."""
         return tuple(s for s in SITES if not self.engine.site_problem(s))
 
+    def site_problem(self, site: str) -> str:
+        """'' when ``site`` can be read and steered on this model, else why not (names the tensor)."""
+        return self.engine.site_problem(check_site(site, RECORD_SITES))
+
     def n_units(self, site: str) -> int:
-        check_site(site, RECORD_SITES)
-        s = self.shape
-        return {"head": s["n_head"], "neuron": s["n_ff"], "hidden": s["n_embd"], "residual": s["n_embd"]}[site]
+        return self.shape.n_units(site)
 
     def width(self, site: str) -> int:
         """Values in one row of the site's tensor (heads: n_head * head_dim)."""
-        return self.n_units(site) * (self.shape["head_dim"] if site == "head" else 1)
+        return self.shape.width(site)
 
     def to_units(self, site: str, values: np.ndarray) -> np.ndarray:
         """Reduce site values [..., width] to SADI units: heads become their mean over head_dim."""
-        if site == "head":
-            return values.reshape(*values.shape[:-1], self.shape["n_head"], self.shape["head_dim"]).mean(axis=-1)
-        return values
+        return self.shape.to_units(site, values)
+
+    @property
+    def n_ctx(self) -> int:
+        """Tokens the context holds (Llama sizes its token buffers by context_params.n_ctx)."""
+        return min(self.llm.n_ctx(), int(self.llm.context_params.n_ctx))
+
+    @property
+    def model_path(self) -> str:
+        return self.llm.model_path
 
     # ---- steering ----
-
-    def _set_mask(self, mask: Mapping[str, Any]) -> None:
-        units = masks_to_units(mask, self.shape["n_layer"], self.n_units)
-        self.engine.clear_mask()
-        try:
-            for site, per_layer in units.items():
-                for layer, idx in per_layer:
-                    self.engine.set_mask(site, layer, idx)
-        except ValueError as e:
-            self.engine.clear_mask()
-            raise UnsupportedModelError(str(e)) from None
 
     @contextlib.contextmanager
     def steering(
@@ -285,14 +227,19 @@ class Hook:
         ``mask`` maps a site to a bool array [n_layer, n_units(site)] (or an object with
         ``units()`` returning such a mapping, e.g. a loaded SADI mask). ``add`` maps a site
         (``residual`` too) to float vectors [n_layer, width(site)] added to the same rows after the
-        scaling: the fixed-vector and CAA baselines; all-zero layers are skipped. Steering is off
-        again, and the KV cache entries it touched are dropped, when the block ends.
+        scaling: the fixed-vector and CAA baselines; all-zero layers are skipped. When the block
+        ends, the steering that was in force before it is back (none, or an outer block's) and the
+        KV cache entries the block's configuration touched are dropped.
         """
+        before = self._steering_args
         self.set_steering(mask, delta, positions, add=add)
         try:
             yield self
         finally:
-            self.clear_steering()
+            if before is None:
+                self.clear_steering()
+            else:
+                self.set_steering(*before)
 
     def set_steering(
         self,
@@ -302,45 +249,50 @@ class Hook:
         add: Optional[Mapping[str, Any]] = None,
     ) -> None:
         """Turn steering on until :meth:`clear_steering` (the manual form of :meth:`steering`)."""
+        self._live()
         check_policy(positions)
         if mask is None:
             mask = {}
         if hasattr(mask, "units") and callable(mask.units):
             mask = mask.units()
-        if not math.isfinite(float(delta)):
-            raise BadInputError(f"delta must be a finite number, got {delta}")
-        vectors = self._check_adds(add or {})
-        self._set_mask(mask)
+        try:
+            delta = float(delta)
+        except (TypeError, ValueError):
+            raise BadInputError(f"delta must be a number, got {delta!r}") from None
+        if not math.isfinite(delta) or abs(delta) > MAX_DELTA:
+            raise BadInputError(f"delta must be a finite number within ±{MAX_DELTA:g}, got {delta}")
+        units = masks_to_units(mask, self.shape)
+        vectors = check_adds(add or {}, self.shape)
+        self.engine.clear_mask()
         self.engine.clear_adds()
         try:
+            for site, per_layer in units.items():
+                for layer, idx in per_layer:
+                    self.engine.set_mask(site, layer, idx)
             for site, layer, vec in vectors:
                 self.engine.set_add(site, layer, vec)
-        except ValueError as e:
+        except ValueError as e:  # the engine refuses a site this model's graph lacks
             self.engine.clear_mask()
             self.engine.clear_adds()
+            self._steering_args = None
             raise UnsupportedModelError(str(e)) from None
-        self.engine.delta = float(delta)
-        self._steer_policy = positions
+        self.engine.delta = delta
+        self._track.steer_policy = positions
+        self._steering_args = (mask, delta, positions, add)
         self._invalidate()
 
-    def _check_adds(self, add: Mapping[str, Any]) -> List[Tuple[str, int, np.ndarray]]:
-        out = []
-        for site, arr in add.items():
-            check_site(site, RECORD_SITES)
-            a = np.asarray(arr, dtype=np.float32)
-            want = (self.shape["n_layer"], self.width(site))
-            if a.shape != want:
-                raise BadInputError(f"the {site} vectors have shape {a.shape}; this model needs {want} (n_layer, width)")
-            if not np.isfinite(a).all():
-                raise BadInputError(f"the {site} vectors hold a NaN or an infinity")
-            out += [(site, layer, np.ascontiguousarray(a[layer])) for layer in range(want[0]) if a[layer].any()]
-        return out
-
     def clear_steering(self) -> None:
+        """Steer nothing; safe on a detached hook (it touches only the engine's own state)."""
         self.engine.clear_mask()
         self.engine.clear_adds()
         self.engine.delta = 0.0
+        self._steering_args = None
         self._invalidate()
+
+    @property
+    def steers(self) -> bool:
+        """True while a configuration that changes anything is set."""
+        return bool(self.engine.steering)
 
     # ---- recording ----
 
@@ -357,9 +309,10 @@ class Hook:
         streaming accumulators with ``Recording.set_slot`` (memory independent of the number of
         rows). Recording starts from an empty KV cache, so every prompt token is evaluated.
         """
+        self._live()
         check_policy(positions)
         sites = tuple(check_site(s, RECORD_SITES) for s in sites)
-        if self._record_policy is not None:
+        if self._track.record_policy is not None:
             raise SadiError("a recording is already running on this hook")
         self.engine.clear_records()
         try:
@@ -370,20 +323,35 @@ class Hook:
                 self.engine.set_record(site, False)
             raise UnsupportedModelError(str(e)) from None
         self.engine.set_capture(capture)
-        self._record_policy = positions
+        self._track.record_policy = positions
         self.llm.reset()
-        rec = Recording(self, sites)
+        rec = Recording(self.engine, self.shape, sites)
         try:
             yield rec
         finally:
-            rec._close(capture)
+            rec.close(capture)
             for site in RECORD_SITES:
                 self.engine.set_record(site, False)
             self.engine.set_capture(False)
             self.engine.clear_records()
-            self._record_policy = None
+            self._track.record_policy = None
 
-    # ---- scoring continuations ----
+    # ---- low-level decoding, for scoring and statistics ----
+
+    def logits(self, row: int = -1) -> np.ndarray:
+        """A copy of the logits [n_vocab] of output row ``row`` of the last decode (-1: the last)."""
+        self._live()
+        ptr = self._ctx.get_logits_ith(row)
+        if not ptr:
+            raise BadInputError(f"the last decode has no output row {row}")
+        return np.ctypeslib.as_array(ptr, shape=(self.llm.n_vocab(),)).copy()
+
+    def rewind(self, n_tokens: int) -> None:
+        """Keep the first ``n_tokens`` cached tokens; the next ``llm.eval`` continues after them."""
+        self._live()
+        if not 0 <= n_tokens <= self.llm.n_tokens:
+            raise BadInputError(f"cannot rewind to {n_tokens} tokens: the cache holds {self.llm.n_tokens}")
+        self.llm.n_tokens = int(n_tokens)
 
     def continuation_logits(self, tokens: Sequence[int]) -> np.ndarray:
         """Logits [len(tokens), n_vocab] for ``tokens`` decoded after the cached ones (``llm.n_tokens``).
@@ -392,89 +360,95 @@ class Hook:
         ``last+generated`` and ``all``); their KV entries are removed again, so the cache still
         ends at the prompt and the next choice can be scored from the same place.
         """
+        self._live()
         llm = self.llm
         n0, n = llm.n_tokens, len(tokens)
         if n == 0:
             return np.zeros((0, llm.n_vocab()), np.float32)
-        if n0 + n > llm.n_ctx() or n > llm.n_batch:
-            raise BadInputError(f"a continuation of {n} tokens after {n0} does not fit the context ({llm.n_ctx()}) or batch ({llm.n_batch})")
+        if n0 + n > self.n_ctx or n > llm.n_batch:
+            raise BadInputError(f"a continuation of {n} tokens after {n0} does not fit the context ({self.n_ctx}) or batch ({llm.n_batch})")
         batch = internals.LlamaBatch(n_tokens=n, embd=0, n_seq_max=1, verbose=False)
-        generated = self._generated
         try:
             batch.set_batch(list(tokens), n_past=n0, logits_all=True)
-            self._generated = True
-            self._ctx.decode(batch)
+            with self._track.as_generated():
+                self._ctx.decode(batch)
             return np.ctypeslib.as_array(llama_cpp.llama_get_logits(self._ctx.ctx), shape=(n, llm.n_vocab())).copy()
         finally:
-            self._generated = generated
             batch.close()
             self._ctx.kv_cache_seq_rm(-1, n0, -1)
+
+    def decode_rows(self, rows: Sequence[Tuple[int, int, int]], record_rows: Sequence[int] = ()) -> None:
+        """Decode ``rows`` of (token, position, sequence id) in one llama_decode, unsteered, with
+        no logits; an active recording reads ``record_rows`` (row indices, ascending).
+
+        The caller owns the KV cache between :meth:`kv_clear` calls (see sadi_cpp.contrast)."""
+        self._live()
+        n = len(rows)
+        if not 0 < n <= self.llm.n_batch:
+            raise BadInputError(f"a decode holds 1..{self.llm.n_batch} rows, got {n}")
+        if self._batch is None:
+            self._batch = internals.LlamaBatch(n_tokens=self.llm.n_batch, embd=0, n_seq_max=1, verbose=False)
+        b = self._batch.batch
+        b.n_tokens = n
+        for i, (tok, pos, seq) in enumerate(rows):
+            if not 0 <= seq < self.n_seq_max:
+                raise BadInputError(f"sequence id {seq} is outside 0..{self.n_seq_max - 1}")
+            b.token[i], b.pos[i], b.n_seq_id[i], b.seq_id[i][0], b.logits[i] = tok, pos, 1, seq, 0
+        self._ctx.decode_rows(b, [], list(record_rows) if self._track.record_policy is not None else [])
+
+    def kv_clear(self) -> None:
+        """Empty the KV cache (every sequence) and forget the Llama's cached tokens."""
+        self._live()
+        self._ctx.kv_cache_clear()
+        self.llm.reset()
+
+    def kv_copy(self, src: int, dst: int, p0: int, p1: int) -> None:
+        """Share sequence ``src``'s KV entries at positions [p0, p1) with sequence ``dst``."""
+        self._live()
+        self._ctx.kv_cache_seq_cp(src, dst, p0, p1)
 
     # ---- the Llama's eval/generate, wrapped ----
 
     def _invalidate(self) -> None:
         """Forget cached logits and the KV entries computed under another steering configuration."""
-        if self.llm.n_tokens > self._dirty_from:
-            self.llm.n_tokens = int(self._dirty_from)
+        self.llm.n_tokens = self._track.valid_prefix(self.llm.n_tokens)
         self.llm._requires_eval = True
 
-    def _mark_steered(self, pos: int) -> None:
-        self._dirty_from = min(self._dirty_from, pos)
-
     def _eval(self, tokens: Sequence[int]) -> None:
-        if self.llm.n_tokens <= self._dirty_from:
-            self._dirty_from = math.inf  # eval drops the KV entries from n_tokens on
-        if not self._generated:
-            self._last_prompt_pos = self.llm.n_tokens + len(tokens) - 1
+        self._live()
+        self._track.before_eval(self.llm.n_tokens, len(tokens))
         try:
             self._orig_eval(tokens)
         finally:
-            if self._in_generate:
-                self._generated = True
-
-    _in_generate = False
+            self._track.after_eval()
 
     def _generate(self, tokens: Sequence[int], *args: Any, **kwargs: Any) -> Iterator[int]:
-        if self._record_policy is not None:
+        self._live()
+        if self._track.record_policy is not None:
             self.llm.n_tokens = 0  # a recording reads every prompt token
         self._invalidate()
-        self._in_generate, self._generated = True, False
-        try:
+        with self._track.generating():
             yield from self._orig_generate(tokens, *args, **kwargs)
-        finally:
-            self._in_generate, self._generated = False, False
-
-    def _rows_for(self, batch: Any) -> Tuple[List[int], List[int]]:
-        n = batch.n_tokens
-        if n <= 0:
-            return [], []
-        first = batch.pos[0]
-        steer: List[int] = []
-        if self.engine.steering:
-            steer = rows_for(self._steer_policy, self._generated, first, n, self._last_prompt_pos)
-        record: List[int] = []
-        if self._record_policy is not None:
-            record = rows_for(self._record_policy, self._generated, first, n, self._last_prompt_pos)
-        return steer, record
 
 
-def masks_to_units(mask: Mapping[str, Any], n_layer: int, n_units: Any) -> Dict[str, List[Tuple[int, List[int]]]]:
-    """Validate {site: bool [n_layer, n_units]} and list the masked unit indices per layer."""
-    if not isinstance(mask, Mapping):
-        raise BadInputError("a mask maps a site ('head', 'neuron', 'hidden') to a bool array [n_layer, n_units]")
-    out: Dict[str, List[Tuple[int, List[int]]]] = {}
-    for site, arr in mask.items():
-        check_site(site)
-        a = np.asarray(arr)
-        want = (n_layer, n_units(site))
-        if a.shape != want:
-            raise BadInputError(f"the {site} mask has shape {a.shape}; this model needs {want} (n_layer, n_units)")
-        if a.dtype != np.bool_:
-            if not np.isin(a, (0, 1)).all():
-                raise BadInputError(f"the {site} mask must hold only 0/1 or booleans")
-            a = a.astype(bool)
-        out[site] = [(int(layer), np.flatnonzero(a[layer]).astype(int).tolist()) for layer in range(n_layer) if a[layer].any()]
-    return out
+def chat_formats() -> List[str]:
+    """The chat format names llama-cpp-python knows (for ``Llama(chat_format=...)``)."""
+    from llama_cpp.llama_chat_format import LlamaChatCompletionHandlerRegistry
+
+    return sorted(LlamaChatCompletionHandlerRegistry()._chat_handlers)
+
+
+def use_chat_format(hook: Hook, name: str) -> None:
+    """Make ``create_chat_completion`` wrap messages in the named format instead of the model's."""
+    known = chat_formats()
+    if name not in known:
+        raise BadInputError(f"unknown chat format '{name}': use one of {', '.join(known)}")
+    hook.llm.chat_handler = None
+    hook.llm.chat_format = name
+
+
+def has_chat_template(hook: Hook) -> bool:
+    return "tokenizer.chat_template" in hook.llm.metadata
 
 
 def attach(llm: Llama, *, force_copy: bool = False) -> Hook:
@@ -492,8 +466,6 @@ def load(model_path: Optional[str] = None, *, force_copy: bool = False, **llama_
     ``llama_kwargs`` go to ``Llama`` (e.g. ``n_ctx``, ``n_threads``, ``n_gpu_layers``);
     ``verbose`` defaults to False.
     """
-    from sadi_cpp.models import resolve_model
-
     path = resolve_model(model_path)
     llama_kwargs.setdefault("verbose", False)
     try:

@@ -14,12 +14,15 @@ the same tokens; ``positions="all"`` is how llama.cpp applies a control vector.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional
+from pathlib import Path
+from typing import Any, ContextManager, Dict, Optional, Tuple
 
 import numpy as np
 
+from sadi_cpp.cvec import read_cvec
 from sadi_cpp.errors import BadInputError
 from sadi_cpp.hook import Hook
+from sadi_cpp.mask import SadiMask
 
 METHODS = ("sadi", "fixed", "random", "caa")
 
@@ -31,11 +34,9 @@ class Intervention:
     delta: float = 0.0
     add: Optional[Dict[str, np.ndarray]] = None  # {site: float [n_layer, width]}
 
-    def apply(self, hook: Hook, positions: str) -> None:
-        if not self.mask and not self.add:
-            hook.clear_steering()
-        else:
-            hook.set_steering(self.mask, self.delta, positions, add=self.add)
+    def steering(self, hook: Hook, positions: str) -> ContextManager[Hook]:
+        """``hook.steering`` with this configuration: in force within the block, undone after it."""
+        return hook.steering(self.mask, self.delta, positions, add=self.add)
 
 
 BASELINE = Intervention("baseline")
@@ -47,7 +48,7 @@ def sadi(mask: Dict[str, np.ndarray], delta: float, name: str = "sadi") -> Inter
 
 def fixed(hook: Hook, site: str, mask: np.ndarray, values: np.ndarray, alpha: float, name: str = "fixed") -> Intervention:
     """Add alpha * mean difference on the masked units. ``values``: [n_layer, width] per-value differences."""
-    unit_values = np.repeat(mask, hook.shape["head_dim"], axis=1) if site == "head" else mask
+    unit_values = np.repeat(mask, hook.shape.head_dim, axis=1) if site == "head" else mask
     if values.shape != unit_values.shape:
         raise BadInputError(f"the {site} differences have shape {values.shape}; the mask covers {unit_values.shape}")
     return Intervention(name, add={site: (alpha * np.where(unit_values, values, 0.0)).astype(np.float32)})
@@ -55,7 +56,7 @@ def fixed(hook: Hook, site: str, mask: np.ndarray, values: np.ndarray, alpha: fl
 
 def random_units(hook: Hook, site: str, top_k: int, delta: float, seed: int = 0, name: str = "random") -> Intervention:
     """SADI's scaling on ``top_k`` units of ``site`` drawn uniformly over all layers, seeded."""
-    n_layer, n_units = hook.shape["n_layer"], hook.n_units(site)
+    n_layer, n_units = hook.shape.n_layer, hook.n_units(site)
     if not 1 <= top_k <= n_layer * n_units:
         raise BadInputError(f"top-k {top_k} is outside 1..{n_layer * n_units} for the {site} site")
     picks = np.random.default_rng(seed).choice(n_layer * n_units, size=top_k, replace=False)
@@ -66,7 +67,7 @@ def random_units(hook: Hook, site: str, top_k: int, delta: float, seed: int = 0,
 
 def caa(hook: Hook, directions: np.ndarray, alpha: float = 1.0, name: str = "caa") -> Intervention:
     """Add alpha * directions [n_layer, n_embd] to the residual stream (zero rows: layer untouched)."""
-    want = (hook.shape["n_layer"], hook.shape["n_embd"])
+    want = (hook.shape.n_layer, hook.shape.n_embd)
     if directions.shape != want:
         raise BadInputError(f"residual directions have shape {directions.shape}; this model needs {want}")
     return Intervention(name, add={"residual": (alpha * directions).astype(np.float32)})
@@ -81,5 +82,38 @@ def one_layer(directions: np.ndarray, layer: int) -> np.ndarray:
     return out
 
 
-def describe(iv: Intervention) -> Dict[str, Any]:
-    return {"name": iv.name, "delta": iv.delta, "sites": sorted(set((iv.mask or {}).keys()) | set((iv.add or {}).keys()))}
+
+def from_files(
+    hook: Hook, method: str, mask_path: Optional[Path], cvec_path: Optional[Path], scale: Optional[float],
+    top_k: Optional[int], seed: int,
+) -> Tuple[Intervention, Dict[str, Any]]:
+    """The intervention ``eval`` compares with the baseline: ``method`` on a mask sidecar (sadi,
+    fixed, random) or a control vector (caa); ``scale`` is delta (sadi, random; default the mask's)
+    or alpha (fixed, caa; default 1). Returns it with a description for reports."""
+    if (mask_path is None) == (cvec_path is None):
+        raise BadInputError("give exactly one of --mask (SADI, fixed, random) or --cvec (CAA control vector)")
+    if cvec_path is not None:
+        if method not in ("sadi", "caa"):
+            raise BadInputError(f"--method {method} needs --mask; a control vector is evaluated as caa")
+        alpha = 1.0 if scale is None else scale
+        dirs = read_cvec(cvec_path, hook.shape.n_layer, hook.shape.n_embd)
+        return caa(hook, dirs, alpha), {"method": "caa", "cvec": str(cvec_path), "alpha": alpha}
+    assert mask_path is not None
+    m = SadiMask.load(mask_path)
+    m.check_fits(hook)
+    if top_k is not None:
+        m = m.with_top_k(top_k)
+    info: Dict[str, Any] = {"method": method, "mask": str(mask_path), "site": m.site, "top_k": m.top_k}
+    if method == "sadi":
+        d = m.delta if scale is None else scale
+        return sadi(m.units(), d), dict(info, delta=d)
+    if method == "random":
+        d = m.delta if scale is None else scale
+        return random_units(hook, m.site, m.top_k, d, seed=seed), dict(info, delta=d, seed=seed)
+    if method == "fixed":
+        values = m.value_table()
+        if values is None:
+            raise BadInputError(f"{mask_path}: this head mask stores no per-value differences (made by an older sadi-cpp); rebuild it")
+        alpha = 1.0 if scale is None else scale
+        return fixed(hook, m.site, m.mask, values, alpha), dict(info, alpha=alpha)
+    raise BadInputError(f"unknown method '{method}' with --mask: use sadi, fixed or random")

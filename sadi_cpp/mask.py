@@ -1,13 +1,11 @@
-"""SADI steps 1 and 2: mean (positive - negative) differences per unit, and the top-K mask.
+"""SADI steps 1 and 2: mean (positive - negative) differences per unit, and the top-K mask::
 
->>> import sadi_cpp
->>> from sadi_cpp.mask import build_mask
->>> hook = sadi_cpp.load()
->>> m = build_mask(hook, "examples/sentiment_pairs.jsonl", site="head", top_k=5)
->>> m.save("gemma.sentiment.head.sadi.gguf")
->>> with hook.steering(m, delta=m.delta):
-...     print(hook.llm("The movie was", max_tokens=20)["choices"][0]["text"])
->>> m20 = m.with_top_k(20)   # another K from the stored table, no pairs re-run
+    hook = sadi_cpp.load()
+    m = build_mask(hook, "examples/sentiment_pairs.jsonl", site="head", top_k=5)
+    m.save("gemma.sentiment.head.sadi.gguf")
+    with hook.steering(m, delta=m.delta):
+        print(hook.llm("The movie was", max_tokens=20)["choices"][0]["text"])
+    m20 = m.with_top_k(20)   # another K from the stored table, no pairs re-run
 """
 
 from __future__ import annotations
@@ -18,16 +16,14 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 
+from sadi_cpp import __version__, sidecar
+from sadi_cpp.contrast import Contrast, mean_differences
 from sadi_cpp.errors import BadInputError
 from sadi_cpp.fingerprint import fingerprint_mismatch, model_fingerprint
-from sadi_cpp.hook import SITES, Hook, check_site
-from sadi_cpp.contrast import Contrast, mean_differences
+from sadi_cpp.hook import Hook
 from sadi_cpp.pairs import Pair
+from sadi_cpp.sites import DEFAULT_DELTA, DEFAULT_TOP_K, check_site
 
-# Defaults inside the paper's search ranges (heads K 1..10, neurons 3..500, hidden 1..20;
-# strength = 1 + delta in 5..80, neurons 10..90).
-DEFAULT_TOP_K = {"head": 5, "neuron": 100, "hidden": 10}
-DEFAULT_DELTA = {"head": 9.0, "neuron": 19.0, "hidden": 9.0}
 RANK_BY = ("signed", "abs")
 
 
@@ -101,15 +97,44 @@ class SadiMask:
             raise BadInputError(f"this mask was made for another model ({diff}); build one for this model with build-mask")
 
     def save(self, path: Union[str, Path]) -> Path:
-        from sadi_cpp.sidecar import write_sidecar
-
-        return write_sidecar(self, path)
+        meta = {k: getattr(self, k) for k in sidecar.STR_KEYS + sidecar.UINT_KEYS + sidecar.FLOAT_KEYS}
+        meta[sidecar.TUNED_KEY] = self.tuned
+        tensors = {sidecar.MASK_TENSOR: self.mask.astype(np.int8), sidecar.TABLE_TENSOR: self.mean_diff.astype(np.float32)}
+        if self.values is not None:
+            tensors[sidecar.VALUES_TENSOR] = self.values.astype(np.float32)
+        return sidecar.write_sidecar(sidecar.SidecarContent(meta, dict(self.model), tensors), path)
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "SadiMask":
-        from sadi_cpp.sidecar import read_sidecar
+        """Read a sidecar and check that its parts agree (BadInputError naming the file otherwise)."""
+        content = sidecar.read_sidecar(path)
+        return cls.from_content(content, str(path))
 
-        return read_sidecar(path)
+    @classmethod
+    def from_content(cls, content: "sidecar.SidecarContent", where: str) -> "SadiMask":
+        meta, model, tensors = content.meta, content.model, content.tensors
+        for name in (sidecar.MASK_TENSOR, sidecar.TABLE_TENSOR):
+            if name not in tensors:
+                raise BadInputError(f"{where}: missing tensor {name}; rebuild the mask with build-mask")
+        table = np.asarray(tensors[sidecar.TABLE_TENSOR], dtype=np.float32)
+        bits = np.asarray(tensors[sidecar.MASK_TENSOR])
+        if table.ndim != 2 or bits.shape != table.shape or table.shape[0] != model["n_layer"]:
+            raise BadInputError(f"{where}: tensor shapes {bits.shape} and {table.shape} do not fit n_layer {model['n_layer']}")
+        values = tensors.get(sidecar.VALUES_TENSOR)
+        if values is not None:
+            values = np.asarray(values, dtype=np.float32)
+            want = (model["n_layer"], model["n_head"] * model["head_dim"])
+            if values.shape != want or not np.isfinite(values).all():
+                raise BadInputError(f"{where}: tensor {sidecar.VALUES_TENSOR} has shape {values.shape} (want {want}) or is not finite; the file is corrupted")
+        mask = bits.astype(bool)
+        if int(mask.sum()) != meta["top_k"] or not np.isfinite(table).all():
+            raise BadInputError(f"{where}: the mask does not hold top_k={meta['top_k']} units or the table is not finite; the file is corrupted")
+        return cls(
+            site=meta["site"], mean_diff=table, top_k=int(meta["top_k"]), delta=float(meta["delta"]),
+            positions=meta["positions"], rank_by=meta["rank_by"], n_pairs=int(meta["n_pairs"]),
+            pairs_sha256=meta["pairs_sha256"], model=model, tool_version=meta["tool_version"], mask=mask,
+            values=values, tuned=meta.get(sidecar.TUNED_KEY, ""),
+        )
 
 
 @dataclass
@@ -141,7 +166,7 @@ def build_mask(
     """
     check_site(site)
     if site not in hook.sites:
-        raise BadInputError(hook.engine.site_problem(site))
+        raise BadInputError(hook.site_problem(site))
     top_k = DEFAULT_TOP_K[site] if top_k is None else top_k
     delta = DEFAULT_DELTA[site] if delta is None else delta
     contrast = mean_differences(hook, pairs, sites=(site,), strict=strict, progress=progress, batched=batched)
@@ -152,8 +177,6 @@ def build_mask(
 
 def mask_from_contrast(hook: Hook, contrast: Contrast, site: str, top_k: int, delta: float, rank_by: str = "signed") -> SadiMask:
     """SADI step 2 on statistics already gathered (see sadi_cpp.contrast)."""
-    from sadi_cpp import __version__
-
     llm = hook.llm
     return SadiMask(
         site=site,
@@ -175,4 +198,4 @@ def default_mask_path(model_path: Union[str, Path], pairs_path: Union[str, Path]
     return model_path.with_name(f"{model_path.stem}.{pairs_path.stem}.{site}.sadi.gguf")
 
 
-__all__ = ["SadiMask", "BuildStats", "build_mask", "select_top_k", "default_mask_path", "DEFAULT_TOP_K", "DEFAULT_DELTA", "SITES"]
+__all__ = ["SadiMask", "BuildStats", "build_mask", "mask_from_contrast", "select_top_k", "default_mask_path"]

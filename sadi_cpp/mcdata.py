@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 from sadi_cpp.errors import BadInputError
 from sadi_cpp.files import atomic_path, read_jsonl
@@ -52,12 +52,15 @@ def parse_mc(obj: object, where: str) -> MCItem:
     return MCItem(prompt, tuple(choices), label, where)
 
 
-def read_mc(path: Union[str, Path]) -> List[MCItem]:
-    """All items of a multiple-choice JSONL file; BadInputError naming the file and line on any problem."""
+def read_mc(path: Union[str, Path], limit: Optional[int] = None) -> List[MCItem]:
+    """The items of a multiple-choice JSONL file (the first ``limit`` when given); BadInputError
+    naming the file and line on any problem."""
+    if limit is not None and limit < 1:
+        raise BadInputError(f"the item limit must be >= 1, got {limit}")
     items = [parse_mc(obj, where) for obj, where in read_jsonl(path, "data")]
     if not items:
         raise BadInputError(f"{path}: no items in the file (expected JSON lines with 'prompt', 'choices' and 'label')")
-    return items
+    return items[:limit]
 
 
 def write_jsonl(rows: List[dict], path: Union[str, Path]) -> Path:

@@ -1,4 +1,4 @@
-"""Which token rows are read or steered: the position policy.
+"""Which token rows are read or steered: the position policy, and the bookkeeping behind it.
 
 SADI edits the activations of the LAST PROMPT TOKEN (the paper and its code). Generated tokens
 are then left alone; they see the edit only through the KV cache. Two wider policies exist:
@@ -13,7 +13,11 @@ A "prompt evaluation" is the first ``Llama.eval`` inside ``generate`` (so ``crea
 
 from __future__ import annotations
 
-from typing import List
+import contextlib
+import math
+from typing import Iterator, List, Optional, Tuple
+
+from sadi_cpp.errors import BadInputError
 
 POLICIES = ("last", "last+generated", "all")
 DEFAULT_POLICY = "last"
@@ -21,8 +25,6 @@ DEFAULT_POLICY = "last"
 
 def check_policy(policy: str) -> str:
     if policy not in POLICIES:
-        from sadi_cpp.errors import BadInputError
-
         raise BadInputError(f"unknown position policy '{policy}': use one of {', '.join(POLICIES)}")
     return policy
 
@@ -39,3 +41,67 @@ def rows_for(policy: str, generated: bool, first_pos: int, n_tokens: int, last_p
         return []
     row = last_prompt_pos - first_pos
     return [row] if 0 <= row < n_tokens else []
+
+
+class PositionTracker:
+    """One context's position state: where the current prompt ends, whether the tokens being
+    evaluated are generated ones, and from which position the KV cache holds entries computed
+    under a steering configuration (those must be dropped when the configuration changes, so
+    that llama-cpp-python's prefix cache never mixes configurations)."""
+
+    def __init__(self) -> None:
+        self.steer_policy = DEFAULT_POLICY
+        self.record_policy: Optional[str] = None
+        self.generated = False  # the batches now decoded hold generated tokens
+        self.in_generate = False
+        self.last_prompt_pos = -1
+        self.dirty_from = math.inf  # first position whose KV entry depends on a steered row
+
+    def valid_prefix(self, n_cached: int) -> int:
+        """How many of ``n_cached`` KV entries stay valid once the steering configuration changes."""
+        return int(min(n_cached, self.dirty_from))
+
+    def before_eval(self, n_cached: int, n_new: int) -> None:
+        """A Llama.eval of ``n_new`` tokens after ``n_cached`` ones is about to run."""
+        if n_cached <= self.dirty_from:
+            self.dirty_from = math.inf  # eval drops the KV entries from n_cached on
+        if not self.generated:
+            self.last_prompt_pos = n_cached + n_new - 1
+
+    def after_eval(self) -> None:
+        if self.in_generate:
+            self.generated = True  # every later eval of this generate feeds back a sampled token
+
+    @contextlib.contextmanager
+    def generating(self) -> Iterator[None]:
+        """Around a Llama.generate: its first eval is the prompt, the later ones generated tokens."""
+        self.in_generate, self.generated = True, False
+        try:
+            yield
+        finally:
+            self.in_generate, self.generated = False, False
+
+    @contextlib.contextmanager
+    def as_generated(self) -> Iterator[None]:
+        """Decodes in the block count as generated tokens (continuations of a scored prompt)."""
+        before = self.generated
+        self.generated = True
+        try:
+            yield
+        finally:
+            self.generated = before
+
+    def mark_steered(self, pos: int) -> None:
+        self.dirty_from = min(self.dirty_from, pos)
+
+    def rows(self, first_pos: int, n_tokens: int, steering: bool) -> Tuple[List[int], List[int]]:
+        """(rows to steer, rows to record) of a single-sequence batch starting at ``first_pos``."""
+        if n_tokens <= 0:
+            return [], []
+        steer: List[int] = []
+        if steering:
+            steer = rows_for(self.steer_policy, self.generated, first_pos, n_tokens, self.last_prompt_pos)
+        record: List[int] = []
+        if self.record_policy is not None:
+            record = rows_for(self.record_policy, self.generated, first_pos, n_tokens, self.last_prompt_pos)
+        return steer, record

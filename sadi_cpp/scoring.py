@@ -4,14 +4,11 @@ For each item the prompt is evaluated once up to its second-to-last token; each 
 then evaluates the last prompt token (the one the default policy steers) and each choice's
 tokens as a continuation. So a grid of N configurations costs one prompt evaluation plus about
 N single-token decodes per item, not N prompt evaluations (``positions="all"`` re-evaluates
-the whole prompt for each configuration, as it must).
+the whole prompt for each configuration, as it must)::
 
->>> import sadi_cpp
->>> from sadi_cpp.mcdata import read_mc
->>> from sadi_cpp.interventions import BASELINE, sadi
->>> hook = sadi_cpp.load()
->>> scores = score_items(hook, read_mc("sst2-dev.jsonl"), [BASELINE, sadi(mask.units(), 9.0)])
->>> scores.correct().mean(axis=1)            # accuracy of each configuration
+    hook = sadi_cpp.load()
+    scores = score_items(hook, read_mc("sst2-dev.jsonl"), [BASELINE, sadi(mask.units(), 9.0)])
+    scores.correct().mean(axis=1)            # accuracy of each configuration
 """
 
 from __future__ import annotations
@@ -65,11 +62,33 @@ def _tokens(hook: Hook, item: MCItem):
         if not cont:
             raise BadInputError(f"{item.where}: choice {choice!r} has no tokens")
         conts.append(cont)
-    n_ctx = min(llm.n_ctx(), int(llm.context_params.n_ctx))
+    n_ctx = hook.n_ctx
     longest = len(prompt) + max(len(c) for c in conts)
     if longest > n_ctx:
         raise BadInputError(f"{item.where}: {longest} tokens, longer than the context ({n_ctx}); raise --n-ctx or shorten the item")
     return prompt, conts
+
+
+def _eval_prefix(hook: Hook, prompt: List[int]) -> None:
+    hook.rewind(0)
+    hook.llm.eval(prompt[:-1])
+
+
+def _score_choices(hook: Hook, prompt: List[int], conts: List[List[int]]) -> List[float]:
+    """Evaluate the prompt's last token after its cached prefix, then every choice as a continuation."""
+    hook.rewind(len(prompt) - 1)
+    hook.llm.eval(prompt[-1:])
+    first = hook.logits(-1)
+    first_norm = float(_log_normalizer(first)[0])
+    out = []
+    for cont in conts:
+        total = float(first[cont[0]]) - first_norm
+        if len(cont) > 1:
+            rows = hook.continuation_logits(cont[:-1])
+            picked = rows[np.arange(len(cont) - 1), cont[1:]].astype(np.float64)
+            total += float((picked - _log_normalizer(rows)[:, 0]).sum())
+        out.append(total)
+    return out
 
 
 def score_items(
@@ -83,43 +102,28 @@ def score_items(
     check_policy(positions)
     if not items:
         raise BadInputError("no items to score")
-    llm = hook.llm
     n_choices = max(len(it.choices) for it in items)
     logprob = np.full((len(configs), len(items), n_choices), np.nan)
     n_tokens = np.ones((len(items), n_choices))
-    try:
-        for i, item in enumerate(items):
-            prompt, conts = _tokens(hook, item)
-            for j, c in enumerate(conts):
-                n_tokens[i, j] = len(c)
-            # Every configuration sees the prompt split the same way: all but the last token in one
-            # decode, then the last token alone. llama.cpp's logits depend on the split (docs/eval.md).
-            prefix_ready = False
-            for c, config in enumerate(configs):
-                if positions == "all":
-                    config.apply(hook, positions)  # every prompt token is steered: evaluate it all
-                    llm.n_tokens = 0
-                    llm.eval(prompt[:-1])
-                else:
-                    if not prefix_ready:  # the prefix is never steered under last / last+generated
-                        hook.clear_steering()
-                        llm.n_tokens = 0
-                        llm.eval(prompt[:-1])
-                        prefix_ready = True
-                    config.apply(hook, positions)
-                llm.n_tokens = len(prompt) - 1
-                llm.eval(prompt[-1:])
-                first = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),)).copy()  # later decodes reuse the buffer
-                first_norm = float(_log_normalizer(first)[0])
-                for j, cont in enumerate(conts):
-                    total = float(first[cont[0]]) - first_norm
-                    if len(cont) > 1:
-                        rows = hook.continuation_logits(cont[:-1])
-                        picked = rows[np.arange(len(cont) - 1), cont[1:]].astype(np.float64)
-                        total += float((picked - _log_normalizer(rows)[:, 0]).sum())
-                    logprob[c, i, j] = total
-            if progress is not None:
-                progress(1)
-    finally:
-        hook.clear_steering()
+    for i, item in enumerate(items):
+        prompt, conts = _tokens(hook, item)
+        for j, c in enumerate(conts):
+            n_tokens[i, j] = len(c)
+        # Every configuration sees the prompt split the same way: all but the last token in one
+        # decode, then the last token alone. llama.cpp's logits depend on the split (docs/eval.md).
+        prefix_ready = False
+        for c, config in enumerate(configs):
+            if positions == "all":
+                with config.steering(hook, positions):  # every prompt token is steered: evaluate it all
+                    _eval_prefix(hook, prompt)
+                    logprob[c, i, : len(conts)] = _score_choices(hook, prompt, conts)
+                continue
+            if not prefix_ready:  # the prefix is never steered under last / last+generated
+                with hook.steering():
+                    _eval_prefix(hook, prompt)
+                prefix_ready = True
+            with config.steering(hook, positions):
+                logprob[c, i, : len(conts)] = _score_choices(hook, prompt, conts)
+        if progress is not None:
+            progress(1)
     return Scores([cfg.name for cfg in configs], logprob, n_tokens, np.array([it.label for it in items]))

@@ -8,6 +8,8 @@ from typing import Any, Dict, Tuple
 
 import numpy as np
 
+from sadi_cpp.errors import BadInputError
+
 N_BOOT = 2000
 
 
@@ -20,8 +22,8 @@ class Paired:
     ci: Tuple[float, float]
     diff: float
     diff_ci: Tuple[float, float]
-    fixed: int  # wrong without steering, right with it
-    broken: int  # right without, wrong with
+    gained: int  # answers wrong without steering, right with it
+    lost: int  # answers right without steering, wrong with it
 
     @property
     def significant(self) -> bool:
@@ -38,7 +40,7 @@ def paired(base: np.ndarray, other: np.ndarray, n_boot: int = N_BOOT, seed: int 
     """Compare two bool vectors of per-item correctness (same items, same order)."""
     base, other = np.asarray(base, float), np.asarray(other, float)
     if base.shape != other.shape or base.ndim != 1 or len(base) == 0:
-        raise ValueError("paired() needs two non-empty correctness vectors of one length")
+        raise BadInputError("paired() needs two non-empty correctness vectors of one length")
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(base), size=(n_boot, len(base)))
     d = other - base
@@ -49,5 +51,5 @@ def paired(base: np.ndarray, other: np.ndarray, n_boot: int = N_BOOT, seed: int 
 
     return Paired(
         n=len(base), base_acc=float(base.mean()), base_ci=ci(base), acc=float(other.mean()), ci=ci(other),
-        diff=float(d.mean()), diff_ci=ci(d), fixed=int(((base == 0) & (other == 1)).sum()), broken=int(((base == 1) & (other == 0)).sum()),
+        diff=float(d.mean()), diff_ci=ci(d), gained=int(((base == 0) & (other == 1)).sum()), lost=int(((base == 1) & (other == 0)).sum()),
     )

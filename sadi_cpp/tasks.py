@@ -15,40 +15,42 @@ shipped: the user points at their own files.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
 
 from sadi_cpp.errors import BadInputError
+from sadi_cpp.files import read_jsonl
 
 Row = Dict[str, Any]
 LETTERS = ("A", "B", "C", "D")
 
 
 def _get(row: Row, key: str) -> Any:
+    if not isinstance(row, dict):
+        raise BadInputError(f"a row must be a JSON object, got {type(row).__name__}")
     if key not in row:
-        raise KeyError(key)
+        raise BadInputError(f"missing field '{key}'")
     return row[key]
 
 
 def _text(row: Row, key: str) -> str:
     value = _get(row, key)
     if not isinstance(value, str):
-        raise ValueError(f"field '{key}' must be a string")
+        raise BadInputError(f"field '{key}' must be a string")
     return value.strip()
 
 
 def _label(row: Row, n: int) -> int:
     value = _get(row, "label")
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < n:
-        raise ValueError(f"field 'label' must be 0..{n - 1}, got {value!r}")
+        raise BadInputError(f"field 'label' must be 0..{n - 1}, got {value!r}")
     return value
 
 
 def _choices(row: Row, n: int) -> List[str]:
     value = _get(row, "choices")
     if not isinstance(value, list) or len(value) != n or not all(isinstance(c, str) for c in value):
-        raise ValueError(f"field 'choices' must be a list of {n} strings")
+        raise BadInputError(f"field 'choices' must be a list of {n} strings")
     return [c.strip() for c in value]
 
 
@@ -65,7 +67,7 @@ def copa_cloze(row: Row) -> Row:
     c = _choices(row, 2)
     link = {"cause": "because", "effect": "so"}.get(_text(row, "question"))
     if link is None:
-        raise ValueError("field 'question' must be 'cause' or 'effect'")
+        raise BadInputError("field 'question' must be 'cause' or 'effect'")
     premise = _text(row, "premise").rstrip(".")
     return {"prompt": f"{premise} {link}", "choices": [" " + x[:1].lower() + x[1:] for x in c], "label": _label(row, 2)}
 
@@ -74,7 +76,7 @@ def storycloze(row: Row) -> Row:
     c = _choices(row, 2)
     sentences = _get(row, "sentences")
     if not isinstance(sentences, list) or len(sentences) != 4:
-        raise ValueError("field 'sentences' must be a list of the story's 4 sentences")
+        raise BadInputError("field 'sentences' must be a list of the story's 4 sentences")
     story = " ".join(s.strip() for s in sentences)
     prompt = f"{story}\nQuestion: What is a possible continuation for the story given the following options?\nA: {c[0]} B: {c[1]}\nAnswer:"
     return {"prompt": prompt, "choices": [" A", " B"], "label": _label(row, 2)}
@@ -128,7 +130,8 @@ TASKS: Dict[str, Callable[[Row], Row]] = {
 
 
 def convert(task: str, row: Row) -> Row:
-    """One raw row of ``task`` in the multiple-choice schema."""
+    """One raw row of ``task`` in the multiple-choice schema; BadInputError naming a missing or
+    malformed field."""
     if task not in TASKS:
         raise BadInputError(f"unknown task '{task}': use one of {', '.join(TASKS)}")
     return TASKS[task](row)
@@ -145,23 +148,18 @@ def convert_file(task: str, path: Union[str, Path], start: int = 0, limit: Optio
         raise BadInputError(f"--start must be >= 0 and --limit >= 1 (got {start}, {limit})")
     out: List[Row] = []
     n_rows = 0
-    with open(p, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            n_rows += 1
-            if n_rows <= start:
-                continue
-            if limit is not None and len(out) >= limit:
-                break
-            try:
-                out.append(TASKS[task](json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise BadInputError(f"{p}:{i}: malformed JSON ({e.msg} at column {e.colno})") from None
-            except KeyError as e:
-                raise BadInputError(f"{p}:{i}: missing field {e} for task {task}; is this a {task} file?") from None
-            except ValueError as e:
-                raise BadInputError(f"{p}:{i}: {e} (task {task})") from None
+    for row, where in read_jsonl(p, "task"):
+        n_rows += 1
+        if n_rows <= start:
+            continue
+        if limit is not None and len(out) >= limit:
+            break
+        try:
+            out.append(convert(task, row))
+        except BadInputError as e:
+            if str(e).startswith("missing field"):
+                raise BadInputError(f"{where}: {e} for task {task}; is this a {task} file?") from None
+            raise BadInputError(f"{where}: {e} (task {task})") from None
     if not out:
         raise BadInputError(f"{p}: no rows from row {start} on")
     return out

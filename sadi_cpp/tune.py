@@ -9,26 +9,22 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
 from sadi_cpp.contrast import Contrast
+from sadi_cpp.cvec import default_cvec_path, write_cvec
 from sadi_cpp.errors import BadInputError
 from sadi_cpp.hook import Hook
 from sadi_cpp.interventions import BASELINE, METHODS, Intervention, caa, fixed, one_layer, random_units, sadi
-from sadi_cpp.mask import select_top_k
+from sadi_cpp.mask import default_mask_path, mask_from_contrast, select_top_k
 from sadi_cpp.mcdata import MCItem
 from sadi_cpp.positions import DEFAULT_POLICY
 from sadi_cpp.scoring import Scores, score_items
+from sadi_cpp.sites import DEFAULT_GRIDS
 
-# Inside the paper's ranges (K: heads 1-10, neurons 3-500, hidden 1-20; strength = 1 + delta:
-# 5-80 for heads and hidden, 10-90 for neurons).
-SADI_GRIDS = {
-    "head": ([1, 3, 5, 10], [4.0, 9.0, 19.0, 39.0]),
-    "neuron": ([10, 50, 100, 300], [9.0, 19.0, 49.0, 89.0]),
-    "hidden": ([1, 5, 10, 20], [4.0, 9.0, 19.0, 39.0]),
-}
 ALPHA_GRID = [1.0, 2.0, 5.0, 10.0, 20.0]
 
 
@@ -36,7 +32,7 @@ def default_grid(method: str, site: str, n_layer: int) -> tuple:
     if method == "caa":
         # about five layers spread over 1..n_layer-1 (llama.cpp control vectors skip layer 0)
         return sorted({int(round(x)) for x in np.linspace(1, n_layer - 1, 7)[1:-1]}), ALPHA_GRID
-    ks, deltas = SADI_GRIDS[site]
+    ks, deltas = DEFAULT_GRIDS[site]
     if method in ("sadi", "random"):
         return ks, deltas
     return ks, ALPHA_GRID  # fixed
@@ -76,9 +72,6 @@ class TuneResult:
             "n_dev": self.n_dev, "normalize": self.normalize, "positions": self.positions,
         }
 
-    def summary_json(self) -> str:
-        return json.dumps(self.as_dict(), sort_keys=True)
-
 
 def config_for(hook: Hook, contrast: Contrast, method: str, site: str, row: Any, col: float, rank_by: str = "signed", seed: int = 0) -> Intervention:
     """The intervention of one grid cell."""
@@ -113,7 +106,7 @@ def tune(
     need = "residual" if method == "caa" else site
     if need not in contrast.diffs:
         raise BadInputError(f"the statistics hold no {need} differences; gather them with sites including '{need}'")
-    d_rows, d_cols = default_grid(method, site, hook.shape["n_layer"])
+    d_rows, d_cols = default_grid(method, site, hook.shape.n_layer)
     rows = list(d_rows if rows is None else rows)
     cols = [float(c) for c in (d_cols if cols is None else cols)]
     if not rows or not cols:
@@ -124,3 +117,27 @@ def tune(
     acc = scores.correct(normalize).mean(axis=1)
     return TuneResult(method, site, rows, cols, acc[1:].reshape(len(rows), len(cols)), float(acc[0]), len(dev),
                       normalize, positions, scores)
+
+
+def save_tuned(
+    hook: Hook,
+    contrast: Contrast,
+    result: TuneResult,
+    record: Dict[str, Any],
+    train_path: Union[str, Path],
+    output: Optional[Union[str, Path]] = None,
+    rank_by: str = "signed",
+) -> Optional[Path]:
+    """Write what tune chose: a SADI sidecar (with the run's ``record`` as its ``sadi.tuned``
+    JSON) for sadi, a llama.cpp control vector for caa; nothing for the fixed and random ablations.
+    ``output`` defaults to beside the model. Returns the path written, or None."""
+    best_row, best_col = result.best
+    if result.method == "sadi":
+        m = mask_from_contrast(hook, contrast, result.site, int(best_row), best_col, rank_by)
+        m.positions = result.positions
+        m.tuned = json.dumps(record, sort_keys=True)
+        return m.save(output or default_mask_path(hook.model_path, train_path, result.site))
+    if result.method == "caa":
+        target = output or default_cvec_path(hook.model_path, train_path)
+        return write_cvec(best_col * one_layer(contrast.diffs["residual"], int(best_row)), target, hook.shape.arch)
+    return None

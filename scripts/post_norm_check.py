@@ -14,10 +14,10 @@ def main() -> None:
     def logits() -> np.ndarray:
         llm.reset()
         llm.eval(tokens)
-        return np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),)).copy()
+        return hook.logits()
 
     plain = logits()
-    n_layer = hook.shape["n_layer"]
+    n_layer = hook.shape.n_layer
     for site in ("head", "hidden"):
         for delta in (0.01, 0.1, 1.0, 29.0):
             diffs = []

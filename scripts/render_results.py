@@ -45,7 +45,7 @@ def task_table(task: str, r: Dict[str, Any]) -> List[str]:
            f"{r['n_train_pairs']} training pairs; {r['n_dev']} dev items (baseline {pct(r['dev_baseline'])}% on dev); "
            f"{r['n_test']} test items. Splits (file, first row): train {tuple(r['splits'][0])}, dev {tuple(r['splits'][1])}, "
            f"test {tuple(r['splits'][2])}. Best SADI site on dev: **{r['best_site']}**.", "",
-           "| method | tuned on dev | dev acc | test acc [95% CI] | vs baseline, points [95% CI] | fixed / broken |",
+           "| method | tuned on dev | dev acc | test acc [95% CI] | vs baseline, points [95% CI] | gained / lost |",
            "|---|---|---|---|---|---|"]
     for name in ORDER:
         if name not in r["methods"]:
@@ -66,7 +66,7 @@ def task_table(task: str, r: Dict[str, Any]) -> List[str]:
         else:
             tuned, dev = "-", pct(r["dev_baseline"])
         vs = "-" if name == "baseline" else sdiff(m["diff"], m["diff_ci"])
-        flips = "-" if name == "baseline" else f"{m['fixed']} / {m['broken']}"
+        flips = "-" if name == "baseline" else f"{m['gained']} / {m['lost']}"
         out.append(f"| {name} | {tuned} | {dev} | {pct(m['acc'])} {ci(m['ci'])} | {vs} | {flips} |")
     abl = [(n, r["methods"][n]["vs_sadi"]) for n in ("fixed", "random-0", "caa") if "vs_sadi" in r["methods"].get(n, {})]
     out += ["", f"SADI-{r['best_site']} minus each alternative on the same test items, points [95% CI]: " +

@@ -102,7 +102,7 @@ def run_task(hook: sadi_cpp.Hook, data: Path, task: str, n_train: int, n_dev: in
     # dev, stage 1: every SADI cell of every site, and CAA's layer x scale grid, in one pass
     cells = []
     for method, site in [("sadi", s) for s in SITES] + [("caa", "residual")]:
-        rows, cols = grid(method, site, hook.shape["n_layer"], wide)
+        rows, cols = grid(method, site, hook.shape.n_layer, wide)
         cells += [(method, site, r, c) for r in rows for c in cols]
     configs = [BASELINE] + [config_for(hook, contrast, m, s, r, c) for m, s, r, c in cells]
     t0 = time.perf_counter()
@@ -118,7 +118,7 @@ def run_task(hook: sadi_cpp.Hook, data: Path, task: str, n_train: int, n_dev: in
     # dev, stage 2: the fixed vector on the best site's units, its scale tuned too
     b = best[best_site]
     mask = select_top_k(contrast.units(hook, best_site), int(b["row"]))
-    _, alphas = grid("fixed", best_site, hook.shape["n_layer"], wide)
+    _, alphas = grid("fixed", best_site, hook.shape.n_layer, wide)
     fixed_cfgs = [fixed(hook, best_site, mask, contrast.diffs[best_site], a, name=f"fixed:{a:g}") for a in alphas]
     facc = score_items(hook, dev, [BASELINE] + fixed_cfgs).correct().mean(axis=1)[1:]
     fj = int(np.argmax(facc))

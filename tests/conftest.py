@@ -1,10 +1,10 @@
-"""Shared fixtures: the tiny llama model (written once per session) and Llama factories."""
+"""Shared fixtures: the tiny llama model (written once per session) and Llama factories.
+Shared helper functions are in helpers.py."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 from llama_cpp import Llama
 
@@ -39,15 +39,3 @@ def make_llama(tiny_path: Path):
     yield make
     for llm in made:
         llm.close()
-
-
-def last_logits(llm: Llama) -> np.ndarray:
-    """The logits of the last decoded output row."""
-    return np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),)).copy()
-
-
-def eval_fresh(llm: Llama, tokens) -> np.ndarray:
-    """Evaluate tokens from an empty cache; return the last token's logits."""
-    llm.reset()
-    llm.eval(list(tokens))
-    return last_logits(llm)

@@ -7,12 +7,11 @@ import ctypes
 
 import numpy as np
 import pytest
-from conftest import eval_fresh
+from helpers import assert_f32_close, eval_fresh
 
 import sadi_cpp
 from sadi_cpp import BadInputError
 
-TOL = 1e-4
 PROMPT = [1] + [(5 * i + 17) % 250 + 3 for i in range(29)]
 
 
@@ -24,7 +23,7 @@ def test_recorded_residual_matches_oracle(tiny, make_llama):
     want = np.stack([sites[("residual", il)] for il in range(tiny.n_layer)], axis=1)
     got = rec.values("residual")
     assert got.shape == want.shape and not np.isnan(got).any()
-    assert np.abs(got - want).max() <= TOL
+    assert_f32_close(got, want)
 
 
 @pytest.mark.parametrize("policy,rows", [("last", [len(PROMPT) - 1]), ("all", list(range(len(PROMPT))))])
@@ -50,7 +49,7 @@ def test_added_vectors_match_oracle(tiny, make_llama, policy, rows):
     want = tiny.forward(PROMPT, edits)[0][-1]
     with hook.steering({"hidden": hidden_mask}, delta=3.0, positions=policy, add=add):
         got = eval_fresh(hook.llm, PROMPT)
-    assert np.abs(got - want).max() <= TOL
+    assert_f32_close(got, want)
     plain = tiny.forward(PROMPT)[0][-1]
     assert np.abs(got - plain).max() > 0.1  # the edit is large enough to be seen
 
@@ -73,7 +72,7 @@ def test_residual_add_at_every_token_equals_llamas_control_vector(tiny, tiny_pat
     with hook.steering(add={"residual": direction}, positions="all"):
         ours = eval_fresh(hook.llm, PROMPT)
     base = eval_fresh(hook.llm, PROMPT)
-    assert np.abs(ours - cvec).max() <= TOL
+    assert_f32_close(ours, cvec)
     assert np.abs(ours - base).max() > 0.1
 
 

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 import sadi_cpp
 from sadi_cpp.cli import app
 from sadi_cpp.mask import SadiMask
+from helpers import bad
 
 runner = CliRunner()
 PAIRS = "\n".join(
@@ -30,15 +31,6 @@ def built(tiny_path, pairs, tmp_path):
     res = runner.invoke(app, ["build-mask", str(pairs), str(tiny_path), "--site", "head", "--top-k", "3", "-o", str(out), "--quiet"])
     assert res.exit_code == 0, res.output
     return out
-
-
-def bad(args, *fragments):
-    res = runner.invoke(app, args)
-    assert res.exit_code == 2, res.output
-    assert "Traceback" not in res.output
-    for f in fragments:
-        assert f in res.output, res.output
-    return res
 
 
 def test_version_and_help():
@@ -84,7 +76,7 @@ def test_inspect_and_plot(built, tmp_path):
 
 
 def test_generate_delta_zero_is_unsteered_and_a_strong_delta_is_not(built, tiny_path):
-    base = ["generate", str(tiny_path), "Item 9: ", "--mask", str(built), "-n", "8", "--json"]
+    base = ["generate", "-m", str(tiny_path), "Item 9: ", "--mask", str(built), "-n", "8", "--json"]
     res = runner.invoke(app, base + ["--delta", "0"])
     assert res.exit_code == 0, res.output
     out = json.loads(res.stdout)
@@ -95,7 +87,7 @@ def test_generate_delta_zero_is_unsteered_and_a_strong_delta_is_not(built, tiny_
 
 
 def test_generate_streams_text(built, tiny_path):
-    res = runner.invoke(app, ["generate", str(tiny_path), "Item 9: ", "--mask", str(built), "-n", "4"])
+    res = runner.invoke(app, ["generate", "-m", str(tiny_path), "Item 9: ", "--mask", str(built), "-n", "4"])
     assert res.exit_code == 0, res.output
     assert res.stdout.endswith("\n") and len(res.stdout) > 1
 
@@ -131,23 +123,24 @@ def test_bad_models_options_and_masks(tiny, tiny_path, pairs, built, tmp_path):
     from tiny_model import TinyLlama
 
     other = TinyLlama(n_ff=64, seed=5).write(tmp_path / "other.gguf")
-    bad(["generate", str(other), "hi", "--mask", str(built)], "another model", "n_ff: mask 48, model 64")
+    bad(["generate", "-m", str(other), "hi", "--mask", str(built)], "another model", "n_ff: mask 48, model 64")
 
     data = built.read_bytes()
     cut = tmp_path / "cut.sadi.gguf"
     cut.write_bytes(data[: len(data) // 3])
     bad(["inspect", str(cut)], "cut.sadi.gguf", "truncated or corrupted")
-    bad(["generate", str(tiny_path), "hi", "--mask", str(cut)], "cut.sadi.gguf")
+    bad(["generate", "-m", str(tiny_path), "hi", "--mask", str(cut)], "cut.sadi.gguf")
     bad(["inspect", str(tmp_path / "none.gguf")], "no such mask file")
-    bad(["generate", "a", "b", "c", "--mask", str(built)], "expected [MODEL] PROMPT")
+    bad(["generate", "a", "b", "--mask", str(built)], "unexpected extra argument")
+    bad(["build-mask", str(pairs), str(tiny_path), "--model", str(tiny_path)], "give the model once")
 
 
 def test_generate_chat_uses_the_models_template_or_a_named_format(tiny, built, tiny_path, tmp_path):
-    bad(["generate", str(tiny_path), "hi", "--mask", str(built), "--chat"], "no chat template", "--chat-format")
-    bad(["generate", str(tiny_path), "hi", "--mask", str(built), "--chat-format", "nope"], "unknown --chat-format 'nope'")
+    bad(["generate", "-m", str(tiny_path), "hi", "--mask", str(built), "--chat"], "no chat template", "--chat-format")
+    bad(["generate", "-m", str(tiny_path), "hi", "--mask", str(built), "--chat-format", "nope"], "unknown chat format 'nope'")
 
     def steered(model, prompt, *extra):
-        res = runner.invoke(app, ["generate", str(model), prompt, "--mask", str(built), "-n", "6", "--json", *extra])
+        res = runner.invoke(app, ["generate", "--model", str(model), prompt, "--mask", str(built), "-n", "6", "--json", *extra])
         assert res.exit_code == 0, res.output
         return json.loads(res.stdout)["steered"]
 

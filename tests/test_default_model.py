@@ -1,8 +1,10 @@
 """The engine on the default model, Gemma 3 270M Q4_K_M (post-norms after attention and FFN)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
-from conftest import eval_fresh
+from helpers import eval_fresh
 
 import sadi_cpp
 
@@ -20,7 +22,7 @@ def tokens(gemma):
 
 
 def test_shape_and_sites(gemma):
-    assert gemma.shape == {"arch": "gemma3", "n_layer": 18, "n_head": 4, "head_dim": 256, "n_ff": 2048, "n_embd": 640}
+    assert dataclasses.asdict(gemma.shape) == {"arch": "gemma3", "n_layer": 18, "n_head": 4, "head_dim": 256, "n_ff": 2048, "n_embd": 640}
     assert gemma.sites == ("head", "neuron", "hidden")
     assert gemma.engine.neuron_node(0) == "ffn_geglu-0"
 

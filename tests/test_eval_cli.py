@@ -7,8 +7,7 @@ import json
 import gguf
 import numpy as np
 import pytest
-from conftest import eval_fresh
-from test_cli import bad
+from helpers import bad, eval_fresh
 from typer.testing import CliRunner
 
 import sadi_cpp
@@ -41,7 +40,7 @@ def run(args):
 def test_tune_writes_the_best_cell_of_its_grid(tiny_path, mc, tmp_path):
     train, dev = mc
     out, plot = tmp_path / "tuned.sadi.gguf", tmp_path / "grid.png"
-    res = run(["tune", str(tiny_path), str(train), str(dev), "--site", "neuron", "--k-grid", "2,8,20",
+    res = run(["tune", "-m", str(tiny_path), str(train), str(dev), "--site", "neuron", "--k-grid", "2,8,20",
                "--delta-grid", "-1,3,30", "-o", str(out), "--plot", str(plot), "--json"])
     report = json.loads(res.stdout)
     grid = np.array(report["accuracy"])
@@ -55,7 +54,7 @@ def test_tune_writes_the_best_cell_of_its_grid(tiny_path, mc, tmp_path):
     assert plot.read_bytes()[:4] == b"\x89PNG"
 
     # eval with the tuned mask reproduces the dev accuracy of the chosen cell and the baseline
-    res = run(["eval", str(tiny_path), str(dev), "--mask", str(out), "--json"])
+    res = run(["eval", "-m", str(tiny_path), str(dev), "--mask", str(out), "--json"])
     ev = json.loads(res.stdout)
     assert ev["acc"] == pytest.approx(report["best"]["accuracy"]) and ev["base_acc"] == pytest.approx(report["baseline"])
 
@@ -65,16 +64,16 @@ def test_eval_with_delta_zero_is_the_unsteered_accuracy(tiny_path, mc, tmp_path)
     mask = tmp_path / "m.sadi.gguf"
     run(["build-mask", str(train), str(tiny_path), "--site", "head", "--top-k", "3", "-o", str(mask), "-q"])
     for method in ("sadi", "fixed", "random"):
-        ev = json.loads(run(["eval", str(tiny_path), str(dev), "--mask", str(mask), "--method", method, "--delta", "0", "--json"]).stdout)
-        assert ev["acc"] == ev["base_acc"] and ev["diff"] == 0 and ev["fixed"] == ev["broken"] == 0, method
-    res = run(["eval", str(tiny_path), str(dev), "--mask", str(mask), "--delta", "25"])
-    assert "unsteered" in res.stdout and "difference" in res.stdout and "answers fixed" in res.stdout
+        ev = json.loads(run(["eval", "-m", str(tiny_path), str(dev), "--mask", str(mask), "--method", method, "--delta", "0", "--json"]).stdout)
+        assert ev["acc"] == ev["base_acc"] and ev["diff"] == 0 and ev["gained"] == ev["lost"] == 0, method
+    res = run(["eval", "-m", str(tiny_path), str(dev), "--mask", str(mask), "--delta", "25"])
+    assert "unsteered" in res.stdout and "difference" in res.stdout and "answers gained" in res.stdout
 
 
 def test_caa_control_vector_loads_in_llama_cpp_and_matches_the_engine(tiny, tiny_path, mc, tmp_path, make_llama):
     train, dev = mc
     cv = tmp_path / "caa.gguf"
-    res = run(["export-cvec", str(train), str(tiny_path), "--layers", "1,2", "--scale", "40", "-o", str(cv), "--json"])
+    res = run(["export-cvec", str(train), "-m", str(tiny_path), "--layers", "1,2", "--scale", "40", "-o", str(cv), "--json"])
     assert json.loads(res.stdout)["layers"] == [1, 2]
 
     # the file as llama.cpp's loader reads it: architecture, hint, and direction.N tensors of n_embd
@@ -105,10 +104,10 @@ def test_caa_control_vector_loads_in_llama_cpp_and_matches_the_engine(tiny, tiny
         ours = eval_fresh(hook.llm, prompt)
     assert np.abs(ours - with_cvec).max() <= 1e-4
 
-    ev = json.loads(run(["eval", str(tiny_path), str(dev), "--cvec", str(cv), "--positions", "all", "--json"]).stdout)
+    ev = json.loads(run(["eval", "-m", str(tiny_path), str(dev), "--cvec", str(cv), "--positions", "all", "--json"]).stdout)
     assert ev["method"] == "caa" and ev["alpha"] == 1.0
 
-    res = run(["tune", str(tiny_path), str(train), str(dev), "--method", "caa", "--k-grid", "1,2", "--delta-grid", "1,20",
+    res = run(["tune", "-m", str(tiny_path), str(train), str(dev), "--method", "caa", "--k-grid", "1,2", "--delta-grid", "1,20",
                "--limit-train", "6", "-o", str(tmp_path / "best.gguf"), "--json"])
     report = json.loads(res.stdout)
     best = report["best"]
@@ -128,13 +127,13 @@ def test_prepare_and_bad_input(tiny_path, mc, tmp_path):
     train, dev = mc
     mask = tmp_path / "m.sadi.gguf"
     run(["build-mask", str(train), str(tiny_path), "--top-k", "2", "-o", str(mask), "-q"])
-    bad(["eval", str(tiny_path), str(dev)], "exactly one of --mask")
-    bad(["eval", str(tiny_path), str(dev), "--mask", str(mask), "--method", "magic"], "unknown method 'magic'")
-    bad(["eval", str(tiny_path), str(train), str(dev), "--mask", str(mask)], "expected [MODEL] DATA")
-    bad(["eval", str(tiny_path), str(raw), "--mask", str(mask)], "sst.jsonl:1", "missing field 'prompt'")
-    bad(["eval", str(tiny_path), str(dev), "--cvec", str(mask)], "not a control vector")
-    bad(["tune", str(tiny_path), str(train), str(dev), "--method", "fixed", "-o", str(tmp_path / "f.gguf")], "ablation")
-    bad(["tune", str(tiny_path), str(train), str(dev), "--k-grid", "1,x"], "--k-grid")
-    bad(["tune", str(tiny_path), str(train), str(dev), "-o", str(tmp_path / "nodir" / "m.gguf")], "no such folder")
-    bad(["export-cvec", str(train), str(tiny_path), "--layers", "0"], "layer 0")
+    bad(["eval", "-m", str(tiny_path), str(dev)], "exactly one of --mask")
+    bad(["eval", "-m", str(tiny_path), str(dev), "--mask", str(mask), "--method", "magic"], "unknown method 'magic'")
+    bad(["eval", "-m", str(tiny_path), str(train), str(dev), "--mask", str(mask)], "unexpected extra argument")
+    bad(["eval", "-m", str(tiny_path), str(raw), "--mask", str(mask)], "sst.jsonl:1", "missing field 'prompt'")
+    bad(["eval", "-m", str(tiny_path), str(dev), "--cvec", str(mask)], "not a control vector")
+    bad(["tune", "-m", str(tiny_path), str(train), str(dev), "--method", "fixed", "-o", str(tmp_path / "f.gguf")], "ablation")
+    bad(["tune", "-m", str(tiny_path), str(train), str(dev), "--k-grid", "1,x"], "--k-grid")
+    bad(["tune", "-m", str(tiny_path), str(train), str(dev), "-o", str(tmp_path / "nodir" / "m.gguf")], "no such folder")
+    bad(["export-cvec", str(train), "-m", str(tiny_path), "--layers", "0"], "layer 0")
     assert not (tmp_path / "f.gguf").exists()

@@ -9,12 +9,11 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import eval_fresh, last_logits
+from helpers import assert_f32_close, eval_fresh, f32_tol, last_logits
 
 import sadi_cpp
 from sadi_cpp import BadInputError, SteeringError, UnsupportedModelError
 
-TOL = 1e-4
 PROMPT = [1] + [(7 * i + 11) % 250 + 3 for i in range(39)]  # 40 tokens, BOS first
 
 
@@ -50,9 +49,9 @@ def test_recorded_values_match_oracle(tiny, make_llama):
         got = rec.values(site)
         assert got.shape == want[site].shape
         assert not np.isnan(got).any()
-        assert np.abs(got - want[site]).max() <= TOL, site
+        assert_f32_close(got, want[site], what=site)
     heads = want["head"].reshape(len(PROMPT), tiny.n_layer, tiny.n_head, tiny.head_dim).mean(-1)
-    assert np.abs(rec.units("head") - heads).max() <= TOL
+    assert_f32_close(rec.units("head"), heads)
 
 
 def test_default_policy_records_the_last_prompt_token(tiny, make_llama):
@@ -61,7 +60,7 @@ def test_default_policy_records_the_last_prompt_token(tiny, make_llama):
         hook.llm.eval(PROMPT)
     assert rec.positions.tolist() == [len(PROMPT) - 1]
     want = oracle_sites(tiny, PROMPT)["neuron"][-1:]
-    assert np.abs(rec.values("neuron") - want).max() <= TOL
+    assert_f32_close(rec.values("neuron"), want)
     with pytest.raises(BadInputError):
         rec.values("head")
 
@@ -74,8 +73,8 @@ def test_steered_logits_match_oracle(tiny, make_llama, policy, rows):
     with hook.steering(mask, delta=3.0, positions=policy):
         steered = eval_fresh(hook.llm, PROMPT)
     want, _ = tiny.forward(PROMPT, oracle_edits(values, rows, 3.0))
-    assert np.abs(steered - want[-1]).max() <= TOL
-    assert np.abs(steered - plain).max() > 100 * TOL  # the edit is visible, the check can fail
+    assert_f32_close(steered, want[-1])
+    assert np.abs(steered - plain).max() > 100 * f32_tol(plain)  # the edit is visible, the check can fail
 
 
 def test_recording_sees_values_before_the_edit_at_its_node(tiny, make_llama):
@@ -86,7 +85,7 @@ def test_recording_sees_values_before_the_edit_at_its_node(tiny, make_llama):
         hook.llm.eval(PROMPT)
     want = oracle_sites(tiny, PROMPT, oracle_edits(values, rows, -0.5))
     for site in sadi_cpp.SITES:
-        assert np.abs(rec.values(site)[0] - want[site][-1]).max() <= TOL
+        assert_f32_close(rec.values(site)[0], want[site][-1])
 
 
 def test_delta_zero_or_empty_mask_is_bit_identical_to_no_hook(tiny, make_llama):
@@ -112,10 +111,10 @@ def test_ubatch_splits_give_the_one_ubatch_result(tiny, make_llama, force_copy):
         results.append((last_logits(hook.llm), rec.values("hidden"), rec.values("head")))
     want_logits, _ = tiny.forward(PROMPT, oracle_edits(values, range(len(PROMPT)), 2.0))
     for logits, hidden, head in results:
-        assert np.abs(logits - want_logits[-1]).max() <= TOL
-        assert np.abs(logits - results[0][0]).max() <= 1e-5
-        assert np.abs(hidden - results[0][1]).max() <= 1e-5
-        assert np.abs(head - results[0][2]).max() <= 1e-5
+        assert_f32_close(logits, want_logits[-1])
+        assert_f32_close(logits, results[0][0])
+        assert_f32_close(hidden, results[0][1])
+        assert_f32_close(head, results[0][2])
 
 
 def test_last_prompt_token_steered_when_it_opens_a_new_batch(tiny, make_llama):
@@ -126,7 +125,7 @@ def test_last_prompt_token_steered_when_it_opens_a_new_batch(tiny, make_llama):
     with hook.steering(mask, delta=1.5):
         got = eval_fresh(hook.llm, tokens)
     want, _ = tiny.forward(tokens, oracle_edits(values, [len(tokens) - 1], 1.5))
-    assert np.abs(got - want[-1]).max() <= TOL
+    assert_f32_close(got, want[-1])
 
 
 def greedy_oracle(tiny, prompt, n_new, values, delta, policy):
@@ -198,8 +197,8 @@ def test_streaming_accumulators(tiny, make_llama):
             hook.llm.reset()
             hook.llm.eval(seq)
     want = [oracle_sites(tiny, s) for s in seqs]
-    assert np.abs(rec.sums("hidden", 0) - (want[0]["hidden"][-1] + want[2]["hidden"][-1])).max() <= 2 * TOL
-    assert np.abs(rec.sums("head", 1) - want[1]["head"][-1]).max() <= TOL
+    assert_f32_close(rec.sums("hidden", 0), want[0]["hidden"][-1] + want[2]["hidden"][-1])
+    assert_f32_close(rec.sums("head", 1), want[1]["head"][-1])
     assert rec.counts("hidden", 0).tolist() == [2] * tiny.n_layer
     assert rec.counts("head", 1).tolist() == [1] * tiny.n_layer
     with pytest.raises(sadi_cpp.SadiError):
@@ -218,8 +217,8 @@ def test_two_models_in_one_process_keep_their_own_state(tiny, make_llama, tmp_pa
         got_b = eval_fresh(b.llm, PROMPT)
     want_a, _ = tiny.forward(PROMPT, oracle_edits(values, [len(PROMPT) - 1], 3.0))
     want_b, _ = other.forward(PROMPT)
-    assert np.abs(got_a - want_a[-1]).max() <= TOL
-    assert np.abs(got_b - want_b[-1]).max() <= TOL
+    assert_f32_close(got_a, want_a[-1])
+    assert_f32_close(got_b, want_b[-1])
 
 
 @pytest.mark.parametrize("order", ["llama-first", "hook-first", "close-then-hook"])
@@ -254,7 +253,7 @@ def test_detach_gives_back_a_plain_context(tiny, make_llama):
     hook.detach()
     assert "eval" not in vars(llm) and llm._ctx is not hook._ctx
     want, _ = tiny.forward(PROMPT)
-    assert np.abs(eval_fresh(llm, PROMPT) - want[-1]).max() <= TOL
+    assert_f32_close(eval_fresh(llm, PROMPT), want[-1])
     sadi_cpp.attach(llm)  # attachable again
 
 
@@ -267,7 +266,7 @@ def test_callback_error_is_raised_after_decode_and_the_context_recovers(tiny, ma
             eval_fresh(hook.llm, PROMPT)
         hook.engine.set_n_ubatch(256)
     want, _ = tiny.forward(PROMPT)
-    assert np.abs(eval_fresh(hook.llm, PROMPT) - want[-1]).max() <= TOL
+    assert_f32_close(eval_fresh(hook.llm, PROMPT), want[-1])
 
 
 def test_bad_masks_and_options_are_refused(tiny, make_llama):

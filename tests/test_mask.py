@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from helpers import assert_f32_close, eval_fresh
 
 import sadi_cpp
 from sadi_cpp import BadInputError
@@ -43,7 +44,7 @@ def test_mean_differences_match_the_oracle(tiny, make_llama, site, batched):
     if site == "head":
         want = want.reshape(tiny.n_layer, tiny.n_head, tiny.head_dim).mean(-1)
     assert mask.mean_diff.shape == want.shape
-    assert np.abs(mask.mean_diff - want).max() <= 1e-4
+    assert_f32_close(mask.mean_diff, want)
     assert mask.mask.sum() == 3 and mask.n_pairs == len(PAIRS)
     # the top-3 mask holds the three largest oracle differences (up to ties within the tolerance)
     assert np.sort(want[mask.mask]).min() >= np.sort(want.ravel())[-3] - 2e-4
@@ -99,10 +100,8 @@ def test_batched_statistics_equal_sequential_ones_across_groups(tiny, make_llama
     sequential = mean_differences(hook, pairs, sites=sites, batched=False)
     assert batched.n_used == sequential.n_used == len(pairs) and sum(seen) == len(pairs)
     for site in sites:
-        assert np.abs(batched.diffs[site] - sequential.diffs[site]).max() <= 1e-4, site
+        assert_f32_close(batched.diffs[site], sequential.diffs[site], what=site)
     # the other sequences' cache entries are gone: a plain evaluation gives plain logits
-    from conftest import eval_fresh
-
     plain = make_llama()
     tokens = hook.llm.tokenize(b"still works")
     assert np.array_equal(eval_fresh(hook.llm, tokens), eval_fresh(plain, tokens))

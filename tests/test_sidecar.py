@@ -8,7 +8,7 @@ import pytest
 
 from sadi_cpp import BadInputError
 from sadi_cpp.mask import SadiMask
-from sadi_cpp.sidecar import ARCH, read_sidecar, write_sidecar
+from sadi_cpp.sidecar import ARCH, read_sidecar
 
 MODEL = {"arch": "llama", "n_layer": 3, "n_embd": 32, "n_head": 4, "head_dim": 8, "n_ff": 48, "n_vocab": 259,
          "tensors_sha256": "ab" * 32}
@@ -22,8 +22,8 @@ def sample_mask() -> SadiMask:
 
 def test_round_trip_and_gguf_py_reads_it(tmp_path):
     m = sample_mask()
-    path = write_sidecar(m, tmp_path / "m.sadi.gguf")
-    back = read_sidecar(path)
+    path = m.save(tmp_path / "m.sadi.gguf")
+    back = SadiMask.load(path)
     assert np.array_equal(back.mean_diff, m.mean_diff) and np.array_equal(back.mask, m.mask)
     for key in ("site", "top_k", "delta", "positions", "rank_by", "n_pairs", "pairs_sha256", "tool_version", "model"):
         assert getattr(back, key) == getattr(m, key), key
@@ -36,7 +36,7 @@ def test_round_trip_and_gguf_py_reads_it(tmp_path):
 
 
 def test_truncated_and_corrupted_files_are_refused(tmp_path):
-    path = write_sidecar(sample_mask(), tmp_path / "m.sadi.gguf")
+    path = sample_mask().save(tmp_path / "m.sadi.gguf")
     data = path.read_bytes()
     (tmp_path / "cut.gguf").write_bytes(data[: len(data) // 2])
     with pytest.raises(BadInputError, match="cut.gguf: not a readable GGUF mask"):
@@ -57,5 +57,5 @@ def test_an_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
 
     monkeypatch.setattr(gguf.GGUFWriter, "write_tensors_to_file", boom)
     with pytest.raises(KeyboardInterrupt):
-        write_sidecar(sample_mask(), tmp_path / "m.sadi.gguf")
+        sample_mask().save(tmp_path / "m.sadi.gguf")
     assert os.listdir(tmp_path) == []

@@ -1,0 +1,127 @@
+"""What every command shares: the Typer app, the consoles, the error boundary, model loading, the
+progress bar, option types and small option parsers."""
+
+from __future__ import annotations
+
+import traceback
+from contextlib import contextmanager
+from functools import wraps
+from typing import Any, Callable, Iterator, List, Optional, Tuple
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+from typing_extensions import Annotated
+
+import sadi_cpp
+from sadi_cpp.errors import BadInputError, SadiError
+
+# A bug must surface as a plain Python traceback (no rich locals dump); --debug adds one to the
+# project's own errors too.
+app = typer.Typer(help="SADI activation steering for GGUF models in llama.cpp.", no_args_is_help=True,
+                  add_completion=False, pretty_exceptions_enable=False)
+out = Console()
+err = Console(stderr=True)
+
+
+class _State:
+    debug = False
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sadi-cpp {sadi_cpp.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Print a traceback with every error.")] = False,
+) -> None:
+    """SADI activation steering for GGUF models in llama.cpp."""
+    _State.debug = debug
+
+
+def errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The error boundary: the project's own errors and file-system errors become one line and an
+    exit code (2: bad input, 1: other); anything else is a bug and keeps its traceback."""
+
+    @wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (SadiError, OSError) as e:
+            if _State.debug:
+                traceback.print_exc()
+            message = str(e) if isinstance(e, SadiError) else f"{e.filename or ''}: {e.strerror or e}"
+            err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True, markup=True)
+            raise typer.Exit(2 if isinstance(e, BadInputError) else 1) from None
+
+    return run
+
+
+def load_model(model: Optional[str], n_ctx: int, threads: Optional[int]) -> "sadi_cpp.Hook":
+    kwargs: dict = {"n_ctx": n_ctx}
+    if threads:
+        kwargs["n_threads"] = kwargs["n_threads_batch"] = threads
+    return sadi_cpp.load(model, **kwargs)
+
+
+@contextmanager
+def progress_bar(what: str, total: int, hidden: bool) -> Iterator[Callable[[int], None]]:
+    """A bar on stderr with the rate in ``what``/s; yields the function that advances it."""
+    with Progress(
+        TextColumn(what), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]} " + what + "/s"),
+        TimeRemainingColumn(), console=err, disable=hidden, transient=False,
+    ) as bar:
+        task = bar.add_task(what, total=total, rate="-")
+
+        def step(n: int) -> None:
+            bar.advance(task, n)
+            t = bar.tasks[0]
+            if t.elapsed:
+                bar.update(task, rate=f"{t.completed / t.elapsed:.1f}")
+
+        yield step
+
+
+def units_table(mask: Any, n: int) -> Table:
+    table = Table(title=f"top {min(n, mask.top_k)} of {mask.top_k} {mask.site} units")
+    for col in ("layer", mask.site, "mean diff"):
+        table.add_column(col, justify="right")
+    for layer, unit, value in mask.top_units(n):
+        table.add_row(str(layer), str(unit), f"{value:+.5f}")
+    return table
+
+
+def floats(text: Optional[str], what: str) -> Optional[List[float]]:
+    """Comma-separated numbers, or None when the option was not given."""
+    if text is None:
+        return None
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise BadInputError(f"{what} must be comma-separated numbers, got '{text}'") from None
+
+
+def ints(text: Optional[str], what: str) -> Optional[List[int]]:
+    values = floats(text, what)
+    if values is not None and any(v != int(v) for v in values):
+        raise BadInputError(f"{what} must be comma-separated integers, got '{text}'")
+    return None if values is None else [int(v) for v in values]
+
+
+def interval(lo_hi: Tuple[float, float]) -> str:
+    return f"[{lo_hi[0]:.3f}, {lo_hi[1]:.3f}]"
+
+
+Model = Annotated[Optional[str], typer.Option("--model", "-m", help="GGUF model (default: Gemma 3 270M Q4_K_M).")]
+Site = Annotated[str, typer.Option("--site", help="head (attention heads), neuron (FFN units) or hidden (FFN output elements).")]
+NCtx = Annotated[int, typer.Option("--n-ctx", help="Context length of the model.")]
+Threads = Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: llama.cpp's choice).")]
+JsonOut = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+Positions = Annotated[str, typer.Option("--positions", help="Rows steered: last (the paper's: last prompt token) | last+generated | all.")]
+Norm = Annotated[bool, typer.Option("--norm", help="Rank choices by mean log-probability per token instead of the sum.")]

@@ -1,0 +1,63 @@
+"""Commands that make files from data: prepare (task files to multiple choice), export-cvec."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import typer
+from typing_extensions import Annotated
+
+from sadi_cpp.cli.common import JsonOut, Model, NCtx, Quiet, Threads, app, errors, ints, load_model, out, progress_bar
+
+
+@app.command()
+@errors
+def prepare(
+    task: Annotated[str, typer.Argument(help="copa | storycloze | sst2 | boolq | winogrande | mmlu | nli (the paper's formats) | copa-cloze")],
+    raw: Annotated[Path, typer.Argument(help="The task's JSONL file (fields as in its usual release).")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Multiple-choice JSONL to write.")],
+    start: Annotated[int, typer.Option("--start", help="Skip this many rows first.")] = 0,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Convert at most this many rows.")] = None,
+) -> None:
+    """Turn a task file into multiple-choice JSONL with the paper's prompt format."""
+    from sadi_cpp.mcdata import write_jsonl
+    from sadi_cpp.tasks import convert_file
+
+    rows = convert_file(task, raw, start, limit)
+    write_jsonl(rows, output)
+    out.print(f"{len(rows)} {task} items written to {output}", highlight=False, soft_wrap=True)
+
+
+@app.command("export-cvec")
+@errors
+def export_cvec(
+    pairs: Annotated[Path, typer.Argument(help="Pairs or multiple-choice JSONL.")],
+    model: Model = None,
+    layers: Annotated[Optional[str], typer.Option("--layers", help="Layers to steer, e.g. 6 or 4,6,8 (default: the middle layer). Not 0.")] = None,
+    scale: Annotated[float, typer.Option("--scale", help="Multiply the mean residual difference by this.")] = 1.0,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Control-vector GGUF (default: beside the model, <model>.<pairs>.cvec.gguf).")] = None,
+    n_ctx: NCtx = 512,
+    threads: Threads = None,
+    quiet: Quiet = False,
+    as_json: JsonOut = False,
+) -> None:
+    """Export the mean residual-stream difference (CAA) as a llama.cpp control vector (--control-vector)."""
+    from sadi_cpp.cvec import default_cvec_path, directions_from_pairs, write_cvec
+    from sadi_cpp.pairs import read_pairs
+
+    items = read_pairs(pairs)
+    chosen = ints(layers, "--layers")
+    hook = load_model(model, n_ctx, threads)
+    with progress_bar("pairs", len(items), quiet or as_json) as step:
+        dirs, chosen, n_used = directions_from_pairs(hook, items, chosen, scale, progress=step)
+    target = write_cvec(dirs, output or default_cvec_path(hook.model_path, pairs), hook.shape.arch)
+    report = {"written": str(target), "layers": chosen, "scale": scale, "pairs_used": n_used,
+              "norms": {str(il): float(np.linalg.norm(dirs[il])) for il in chosen}}
+    if as_json:
+        out.print_json(json.dumps(report))
+    elif not quiet:
+        out.print(f"control vector for layers {chosen} (scale {scale:g}, {n_used} pairs) written to {target}",
+                  highlight=False, soft_wrap=True)

@@ -1,0 +1,145 @@
+"""Commands that measure: eval (unsteered against steered on the same items) and tune (grid search)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+from typing_extensions import Annotated
+
+from sadi_cpp.cli.common import (
+    JsonOut, Model, NCtx, Norm, Positions, Quiet, Site, Threads, app, errors, floats, interval, ints, load_model, out,
+    progress_bar,
+)
+from sadi_cpp.errors import BadInputError
+
+
+@app.command("eval")
+@errors
+def eval_cmd(
+    data: Annotated[Path, typer.Argument(help="Multiple-choice JSONL {prompt, choices, label}.", show_default=False)],
+    model: Model = None,
+    mask: Annotated[Optional[Path], typer.Option("--mask", help="Mask sidecar (methods sadi, fixed, random).")] = None,
+    cvec: Annotated[Optional[Path], typer.Option("--cvec", help="llama.cpp control vector (method caa).")] = None,
+    method: Annotated[str, typer.Option("--method", help="sadi | fixed (add the mean difference) | random (K random units) | caa.")] = "sadi",
+    delta: Annotated[Optional[float], typer.Option("--delta", help="sadi/random: delta (default: the mask's); fixed/caa: scale of the added vector (default 1).")] = None,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", help="Another K from the mask's table.")] = None,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of --method random.")] = 0,
+    positions: Positions = "last",
+    norm: Norm = False,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Use the first N items only.")] = None,
+    n_ctx: NCtx = 1024,
+    threads: Threads = None,
+    quiet: Quiet = False,
+    as_json: JsonOut = False,
+) -> None:
+    """Accuracy unsteered and steered on the same items, the paired difference with a 95% interval."""
+    from sadi_cpp.evaluate import evaluate
+    from sadi_cpp.interventions import from_files
+    from sadi_cpp.mcdata import read_mc
+    from sadi_cpp.positions import check_policy
+
+    check_policy(positions)
+    items = read_mc(data, limit)
+    hook = load_model(model, n_ctx, threads)
+    config, info = from_files(hook, method, mask, cvec, delta, top_k, seed)
+    with progress_bar("items", len(items), quiet or as_json) as step:
+        result = evaluate(hook, items, config, positions=positions, normalize=norm, progress=step)
+    report = dict(info, data=str(data), positions=positions, normalize=norm, **result.as_dict())
+    if as_json:
+        out.print_json(json.dumps(report))
+        return
+    table = Table(title=f"{len(items)} items, {info['method']}, positions {positions}")
+    for col in ("", "accuracy", "95% interval"):
+        table.add_column(col, justify="right")
+    table.add_row("unsteered", f"{result.base_acc:.3f}", interval(result.base_ci))
+    table.add_row("steered", f"{result.acc:.3f}", interval(result.ci))
+    table.add_row("difference", f"{result.diff:+.3f}", interval(result.diff_ci))
+    out.print(table)
+    verdict = "outside the noise" if result.significant else "within the noise (the interval holds 0)"
+    out.print(f"answers gained {result.gained} (wrong to right), lost {result.lost} (right to wrong); "
+              f"the difference is {verdict}", highlight=False)
+
+
+@app.command()
+@errors
+def tune(
+    train: Annotated[Path, typer.Argument(help="Pairs or multiple-choice JSONL: the statistics.", show_default=False)],
+    dev: Annotated[Path, typer.Argument(help="Multiple-choice JSONL: the items each cell is scored on.", show_default=False)],
+    model: Model = None,
+    site: Site = "head",
+    method: Annotated[str, typer.Option("--method", help="sadi | fixed | random | caa (caa: rows are layers).")] = "sadi",
+    k_grid: Annotated[Optional[str], typer.Option("--k-grid", help="Rows: K values (caa: layers), e.g. 1,3,5,10. Default per site from the paper's ranges.")] = None,
+    delta_grid: Annotated[Optional[str], typer.Option("--delta-grid", help="Columns: delta (fixed/caa: scale), e.g. 4,9,19,39.")] = None,
+    rank_abs: Annotated[bool, typer.Option("--abs", help="Rank units by |mean difference|.")] = False,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of --method random.")] = 0,
+    positions: Positions = "last",
+    norm: Norm = False,
+    limit_train: Annotated[Optional[int], typer.Option("--limit-train", help="Use the first N training lines' pairs.")] = None,
+    limit_dev: Annotated[Optional[int], typer.Option("--limit-dev", help="Use the first N dev items.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="sadi: mask sidecar (default beside the model); caa: control vector. Not written for fixed/random.")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write the grid as a heatmap (PNG).")] = None,
+    n_ctx: NCtx = 1024,
+    threads: Threads = None,
+    quiet: Quiet = False,
+    as_json: JsonOut = False,
+) -> None:
+    """Grid-search K and delta on DEV from statistics built once on TRAIN; write the best into the sidecar."""
+    from sadi_cpp.contrast import mean_differences
+    from sadi_cpp.interventions import METHODS
+    from sadi_cpp.mcdata import read_mc
+    from sadi_cpp.pairs import file_sha256, first_lines, read_pairs
+    from sadi_cpp.positions import check_policy
+    from sadi_cpp.sites import check_site
+    from sadi_cpp.tune import save_tuned
+    from sadi_cpp.tune import tune as run_tune
+
+    check_site(site)
+    check_policy(positions)
+    if method not in METHODS:
+        raise BadInputError(f"unknown method '{method}': use one of {', '.join(METHODS)}")
+    if output is not None and method in ("fixed", "random"):
+        raise BadInputError(f"--method {method} is an ablation: tune prints its grid but writes no file (drop -o)")
+    for target in (output, plot):  # refuse before the minutes of work, not after
+        if target is not None and not target.parent.is_dir():
+            raise BadInputError(f"{target.parent}: no such folder for {target.name}")
+    rows = ints(k_grid, "--k-grid")
+    cols = floats(delta_grid, "--delta-grid")
+    pairs = read_pairs(train)
+    if limit_train is not None:
+        pairs = first_lines(pairs, limit_train)
+    items = read_mc(dev, limit_dev)
+    rank_by = "abs" if rank_abs else "signed"
+    hook = load_model(model, n_ctx, threads)
+    with progress_bar("pairs", len(pairs), quiet or as_json) as step:
+        contrast = mean_differences(hook, pairs, sites=("residual",) if method == "caa" else (site,), progress=step)
+    contrast.pairs_sha256 = file_sha256(train)
+    with progress_bar("items", len(items), quiet or as_json) as step:
+        result = run_tune(hook, contrast, items, method, site, rows, cols, rank_by, norm, positions, seed, progress=step)
+    report = dict(result.as_dict(), train=str(train), dev=str(dev), n_pairs=contrast.n_used)
+    written = save_tuned(hook, contrast, result, dict(report, dev_sha256=file_sha256(dev)), train, output, rank_by)
+    if written is not None:
+        report["written"] = str(written)
+    if plot is not None:
+        from sadi_cpp.plot import plot_grid
+
+        report["plot"] = str(plot_grid(result, plot))
+    if as_json:
+        out.print_json(json.dumps(report))
+        return
+    d = result.as_dict()
+    table = Table(title=f"{method} ({site}) dev accuracy, {len(items)} items; baseline {result.baseline:.3f}")
+    table.add_column(f"{d['rows']} \\ {d['cols']}", justify="right")
+    for c in result.cols:
+        table.add_column(f"{c:g}", justify="right")
+    for r, row in zip(result.rows, result.accuracy):
+        table.add_row(str(r), *[("[bold]" if (r, c) == result.best else "") + f"{a:.3f}" for c, a in zip(result.cols, row)])
+    out.print(table)
+    best_row, best_col = result.best
+    out.print(f"best: {d['rows']} {best_row}, {d['cols']} {best_col:g}, dev accuracy {result.best_accuracy:.3f} "
+              f"(baseline {result.baseline:.3f})", highlight=False)
+    if written is not None:
+        out.print(f"written to {written}", highlight=False, soft_wrap=True)

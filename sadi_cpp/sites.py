@@ -1,0 +1,102 @@
+"""The sites SADI reads and steers, and the model shape that sizes them (mirrors cpp/sadi/shape.hpp).
+
+- ``head``:     one attention head's output (head_dim values), the input of the output projection;
+- ``neuron``:   one FFN intermediate unit, the input of ffn_down;
+- ``hidden``:   one element of the FFN output, before the residual add;
+- ``residual``: the residual stream after a layer (read and added to only: the CAA baseline).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
+
+import numpy as np
+
+from sadi_cpp.errors import BadInputError
+
+SITES = ("head", "neuron", "hidden")
+# Sites that can also be read and added to (not masked): the residual stream after each layer.
+RECORD_SITES = SITES + ("residual",)
+
+# Per-site defaults, inside the paper's search ranges (K: heads 1-10, neurons 3-500, hidden 1-20;
+# strength = 1 + delta: 5-80 for heads and hidden, 10-90 for neurons): build-mask's K and delta,
+# and tune's grid.
+DEFAULT_TOP_K = {"head": 5, "neuron": 100, "hidden": 10}
+DEFAULT_DELTA = {"head": 9.0, "neuron": 19.0, "hidden": 9.0}
+DEFAULT_GRIDS = {
+    "head": ([1, 3, 5, 10], [4.0, 9.0, 19.0, 39.0]),
+    "neuron": ([10, 50, 100, 300], [9.0, 19.0, 49.0, 89.0]),
+    "hidden": ([1, 5, 10, 20], [4.0, 9.0, 19.0, 39.0]),
+}
+
+
+def check_site(site: str, allowed: Sequence[str] = SITES) -> str:
+    if site not in allowed:
+        raise BadInputError(f"unknown site '{site}': use one of {', '.join(allowed)}")
+    return site
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the engine read from the model (cpp/sadi/shape.hpp's ModelShape)."""
+
+    arch: str
+    n_layer: int
+    n_head: int
+    head_dim: int  # value head size: kqv_out is n_head * head_dim wide
+    n_ff: int
+    n_embd: int
+
+    @classmethod
+    def from_engine(cls, fields: Mapping[str, Any]) -> "Shape":
+        return cls(**{k: fields[k] for k in cls.__dataclass_fields__})
+
+    def n_units(self, site: str) -> int:
+        """Units SADI ranks and masks at ``site`` (heads, neurons, hidden or residual elements)."""
+        check_site(site, RECORD_SITES)
+        return {"head": self.n_head, "neuron": self.n_ff, "hidden": self.n_embd, "residual": self.n_embd}[site]
+
+    def width(self, site: str) -> int:
+        """Values in one row of the site's tensor (heads: n_head * head_dim)."""
+        return self.n_units(site) * (self.head_dim if site == "head" else 1)
+
+    def to_units(self, site: str, values: np.ndarray) -> np.ndarray:
+        """Reduce site values [..., width] to SADI units: heads become their mean over head_dim."""
+        if site == "head":
+            return values.reshape(*values.shape[:-1], self.n_head, self.head_dim).mean(axis=-1)
+        return values
+
+
+def masks_to_units(mask: Mapping[str, Any], shape: Shape) -> Dict[str, List[Tuple[int, List[int]]]]:
+    """Validate {site: bool [n_layer, n_units]} and list the masked unit indices per layer."""
+    if not isinstance(mask, Mapping):
+        raise BadInputError("a mask maps a site ('head', 'neuron', 'hidden') to a bool array [n_layer, n_units]")
+    out: Dict[str, List[Tuple[int, List[int]]]] = {}
+    for site, arr in mask.items():
+        check_site(site)
+        a = np.asarray(arr)
+        want = (shape.n_layer, shape.n_units(site))
+        if a.shape != want:
+            raise BadInputError(f"the {site} mask has shape {a.shape}; this model needs {want} (n_layer, n_units)")
+        if a.dtype != np.bool_:
+            if not np.isin(a, (0, 1)).all():
+                raise BadInputError(f"the {site} mask must hold only 0/1 or booleans")
+            a = a.astype(bool)
+        out[site] = [(int(layer), np.flatnonzero(a[layer]).astype(int).tolist()) for layer in range(shape.n_layer) if a[layer].any()]
+    return out
+
+
+def check_adds(add: Mapping[str, Any], shape: Shape) -> List[Tuple[str, int, np.ndarray]]:
+    """Validate {site: float [n_layer, width]} and list the non-zero (site, layer, vector) rows."""
+    out = []
+    for site, arr in add.items():
+        check_site(site, RECORD_SITES)
+        a = np.asarray(arr, dtype=np.float32)
+        want = (shape.n_layer, shape.width(site))
+        if a.shape != want:
+            raise BadInputError(f"the {site} vectors have shape {a.shape}; this model needs {want} (n_layer, width)")
+        if not np.isfinite(a).all():
+            raise BadInputError(f"the {site} vectors hold a NaN or an infinity")
+        out += [(site, layer, np.ascontiguousarray(a[layer])) for layer in range(want[0]) if a[layer].any()]
+    return out
