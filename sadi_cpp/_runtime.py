@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 import importlib.metadata
+from typing import Optional
 
-PINNED_LLAMA_CPP_PYTHON = "0.3.36"
+
+def pinned_llama_cpp_python() -> Optional[str]:
+    """The llama-cpp-python version sadi-cpp was built for: the pin in its own package metadata
+    (from pyproject.toml, the pin's one source); None when the metadata is not installed."""
+    try:
+        requires = importlib.metadata.requires("sadi-cpp") or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for req in requires:
+        name, sep, version = req.partition("==")
+        if sep and name.strip() == "llama-cpp-python":
+            return version.split(";")[0].strip()
+    return None
 
 
 def load_core():
     """Import llama_cpp (which maps its libraries) and then sadi_cpp._core, which links the same ones."""
+    pinned = pinned_llama_cpp_python()
     installed = importlib.metadata.version("llama-cpp-python")
-    if installed != PINNED_LLAMA_CPP_PYTHON:
+    if pinned is not None and installed != pinned:
         raise ImportError(
-            f"sadi-cpp was built for llama-cpp-python {PINNED_LLAMA_CPP_PYTHON}, but {installed} is installed; "
-            f"run: pip install llama-cpp-python=={PINNED_LLAMA_CPP_PYTHON} and reinstall sadi-cpp"
+            f"sadi-cpp was built for llama-cpp-python {pinned}, but {installed} is installed; "
+            f"run: pip install llama-cpp-python=={pinned} and reinstall sadi-cpp"
         )
     import llama_cpp  # noqa: F401  (maps llama_cpp/lib/libllama before _core needs it)
 

@@ -152,3 +152,17 @@ def test_generate_chat_uses_the_models_template_or_a_named_format(tiny, built, t
     assert with_chat != steered(templated, "Item 9: ")
     assert steered(tiny_path, "Item 9: ", "--chat-format", "chatml") == steered(
         tiny_path, "<|im_start|>system\n<|im_end|>\n<|im_start|>user\nItem 9: <|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_errors_a_user_can_fix_are_one_line_and_bugs_keep_their_traceback(tiny_path, pairs, monkeypatch):
+    res = runner.invoke(app, ["--debug", "inspect", "missing.sadi.gguf"])
+    assert res.exit_code == 2 and "Traceback" in res.output and "no such mask file" in res.output
+
+    import sadi_cpp.mask
+
+    def bug(*args, **kwargs):
+        raise ZeroDivisionError("a bug, not the user's fault")
+
+    monkeypatch.setattr(sadi_cpp.mask, "build_mask", bug)
+    res = runner.invoke(app, ["build-mask", str(pairs), str(tiny_path), "-q"])
+    assert res.exit_code == 1 and isinstance(res.exception, ZeroDivisionError)  # not swallowed into "error: ..."

@@ -174,6 +174,20 @@ def test_leaving_steering_restores_unsteered_generation(tiny, make_llama):
     assert steered["choices"][0]["text"] != want["choices"][0]["text"]
 
 
+def test_an_inner_steering_block_gives_back_the_outer_one(tiny, make_llama):
+    hook = sadi_cpp.attach(make_llama())
+    mask, _ = masks(tiny)
+    plain = eval_fresh(hook.llm, PROMPT)
+    with hook.steering(mask, delta=3.0, positions="all"):
+        outer = eval_fresh(hook.llm, PROMPT)
+        with hook.steering({"head": mask["head"]}, delta=-0.5):
+            inner = eval_fresh(hook.llm, PROMPT)
+        assert np.array_equal(eval_fresh(hook.llm, PROMPT), outer)  # the outer configuration is back
+        assert hook.steers
+    assert not hook.steers and np.array_equal(eval_fresh(hook.llm, PROMPT), plain)
+    assert np.abs(outer - plain).max() > 100 * f32_tol(plain) and np.abs(inner - outer).max() > 100 * f32_tol(plain)
+
+
 def test_force_copy_path_equals_host_path(tiny, make_llama):
     mask, _ = masks(tiny)
     out = []

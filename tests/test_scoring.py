@@ -8,7 +8,7 @@ import pytest
 import sadi_cpp
 from sadi_cpp.interventions import BASELINE, Intervention, sadi
 from sadi_cpp.mcdata import MCItem
-from sadi_cpp.scoring import score_items
+from sadi_cpp.scoring import Scores, score_items
 
 ITEMS = [
     MCItem("Item 1: the sky is", (" blue", " green", " loud!"), 0),
@@ -68,18 +68,19 @@ def test_delta_zero_is_the_baseline_bit_for_bit_and_order_does_not_matter(tiny, 
     assert np.array_equal(scores.logprob[0], scores.logprob[3], equal_nan=True)
     backwards = score_items(hook, ITEMS[::-1], configs[::-1])
     assert np.array_equal(backwards.logprob[::-1, ::-1], scores.logprob, equal_nan=True)
-    assert not hook.engine.steering  # scoring leaves the hook unsteered
+    assert not hook.steers  # scoring leaves the hook unsteered
 
 
-def test_predictions_sum_and_per_token(tiny, make_llama):
-    hook = sadi_cpp.attach(make_llama())
-    scores = score_items(hook, ITEMS, [BASELINE])
-    lp = scores.logprob[0]
-    for i, item in enumerate(ITEMS):
-        n = len(item.choices)
-        assert scores.predictions()[0, i] == np.argmax(lp[i, :n])
-        assert scores.predictions(normalize=True)[0, i] == np.argmax(lp[i, :n] / scores.n_tokens[i, :n])
-    assert scores.correct().shape == (1, 3)
+def test_predictions_sum_and_per_token():
+    # Hand-made scores where the two rankings disagree: item 0's choice 0 wins by its sum
+    # (-3 > -4) and choice 1 by its mean per token (-4/4 = -1 > -3/1); item 1 has a padded third
+    # slot (NaN) that must never win, and ties nowhere.
+    scores = Scores(["only"], np.array([[[-3.0, -4.0, np.nan], [-2.0, -1.0, np.nan]]]),
+                    n_tokens=np.array([[1.0, 4.0, 1.0], [1.0, 1.0, 1.0]]), labels=np.array([1, 1]))
+    assert scores.predictions().tolist() == [[0, 1]]
+    assert scores.predictions(normalize=True).tolist() == [[1, 1]]
+    assert scores.correct().tolist() == [[False, True]]
+    assert scores.correct(normalize=True).tolist() == [[True, True]]
 
 
 def test_evaluate_compares_on_the_same_items(tiny, make_llama, tmp_path):

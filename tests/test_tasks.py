@@ -72,6 +72,11 @@ def test_bad_task_files(tmp_path):
         convert_file("squad", raw)
     with pytest.raises(BadInputError, match="no rows"):
         convert_file("copa", raw, start=5)
+    # one row at a time, too: a clear error, not a KeyError or TypeError
+    with pytest.raises(BadInputError, match="missing field 'premise'"):
+        convert("copa", {"choices": ["a", "b"], "label": 0, "question": "cause"})
+    with pytest.raises(BadInputError, match="must be a JSON object"):
+        convert("sst2", ["a gem", 1])
 
 
 def test_bad_multiple_choice_lines(tmp_path):

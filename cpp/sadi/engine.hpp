@@ -59,7 +59,6 @@ public:
 
     // Recording: which sites, and what to keep of each recorded row.
     void set_record(Site site, bool on);
-    bool record(Site site) const { return record_[size_t(site)]; }
     void set_capture(bool on) { capture_ = on; }
     // Add recorded rows into accumulator `slot` (>= 0), or stop accumulating (-1).
     void set_accumulate_slot(int32_t slot);
