@@ -1,10 +1,11 @@
-"""File helpers shared by the readers and writers: atomic writes and JSON-lines reading."""
+"""File helpers shared by the readers and writers: output checks, atomic writes, JSON lines."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Tuple, Union
@@ -12,35 +13,94 @@ from typing import Any, Iterator, Tuple, Union
 from sadi_cpp.errors import BadInputError
 
 
+def check_output(path: Union[str, Path], what: str) -> Path:
+    """Refuse, before any work, an output path that cannot take a new regular file: a missing
+    folder, a directory, or anything that is not a regular file (a symlink, a FIFO, a device:
+    replacing /dev/null with a mask is not what anyone means)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise BadInputError(f"{path.parent}: no such folder for the {what} {path.name}")
+    if path.is_symlink():
+        raise BadInputError(f"{path}: a symbolic link; give the {what} a plain file path (the link would be replaced)")
+    if path.exists():
+        mode = path.stat().st_mode
+        if stat.S_ISDIR(mode):
+            raise BadInputError(f"{path}: a folder; give the {what} a file name, e.g. {path / ('out' + (path.suffix or '.gguf'))}")
+        if not stat.S_ISREG(mode):
+            raise BadInputError(f"{path}: not a regular file (a device, FIFO or socket); give the {what} a plain file path")
+    if not os.access(path.parent, os.W_OK):
+        raise BadInputError(f"{path.parent}: no permission to write the {what} here")
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: Union[str, Path], what: str) -> Iterator[str]:
     """Yield a temporary path beside ``path``; rename it over ``path`` when the block succeeds,
-    delete it when the block fails, so that an interrupted write leaves no partial file."""
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise BadInputError(f"{path.parent}: no such folder for the {what}")
+    delete it when the block fails, so that an interrupted write leaves no partial file. The file
+    keeps the mode of the one it replaces, or gets the usual mode of a new file (0666 less umask)."""
+    path = check_output(path, what)
+    mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else 0o666 & ~_umask()
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         yield tmp
+        os.chmod(tmp, mode)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
+# JSON nested deeper than this is refused (Python's parser would hit its recursion limit).
+MAX_JSON_DEPTH = 64
+
+
+def _depth_ok(line: str) -> bool:
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in line:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth -= 1
+    return deepest <= MAX_JSON_DEPTH
+
+
 def read_jsonl(path: Union[str, Path], what: str) -> Iterator[Tuple[Any, str]]:
-    """(object, "file:line") for every non-empty line; BadInputError naming the line otherwise."""
+    """(object, "file:line") for every non-empty line; BadInputError naming the line otherwise.
+
+    Lines end at "\\n" only (a "\\r" before it is dropped): U+2028, U+0085 and the other
+    characters ``str.splitlines`` also breaks at are valid inside JSON strings."""
     p = Path(path)
     if not p.is_file():
         raise BadInputError(f"{p}: no such {what} file")
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
+        with open(p, encoding="utf-8", newline="") as f:  # newline="": no translation of "\r"
+            text = f.read()
     except UnicodeDecodeError as e:
         raise BadInputError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    for i, line in enumerate(lines, 1):
+    for i, line in enumerate(text.split("\n"), 1):
+        line = line[:-1] if line.endswith("\r") else line
         if not line.strip():
             continue
+        if ("[" in line or "{" in line) and line.count("[") + line.count("{") > MAX_JSON_DEPTH and not _depth_ok(line):
+            raise BadInputError(f"{p}:{i}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
         try:
             yield json.loads(line), f"{p}:{i}"
         except json.JSONDecodeError as e:

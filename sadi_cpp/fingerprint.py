@@ -9,23 +9,32 @@ from typing import Any, Dict, Union
 import gguf
 
 from sadi_cpp.errors import BadInputError
+from sadi_cpp.gguf_file import read_header
 
 FIELDS = ("arch", "n_layer", "n_embd", "n_head", "head_dim", "n_ff", "n_vocab", "tensors_sha256")
 
 
-def model_fingerprint(path: Union[str, Path], shape: Any, n_vocab: int) -> Dict[str, object]:
-    """Shape numbers plus a sha256 of the model's tensor names, shapes and types (not the weights:
-    that would read the whole file; the same architecture re-quantized differs in types)."""
-    try:
-        reader = gguf.GGUFReader(str(path))
-    except Exception as e:  # gguf-py raises ValueError/struct errors on damaged files
-        raise BadInputError(f"{path}: cannot read the GGUF header ({e})") from None
+def tensors_sha256(path: Union[str, Path]) -> str:
+    """sha256 over the model's tensor infos, one line ``name:ne0,ne1,...:TYPE`` each, in file order
+    (names, shapes and types, not the weights: reading those would take the whole file). Only the
+    header is parsed, every key's value skipped by its size: milliseconds, not the seconds that
+    parsing a large vocabulary takes."""
+    header = read_header(path, decode=set())
     h = hashlib.sha256()
-    for t in reader.tensors:
-        h.update(f"{t.name}:{','.join(str(int(d)) for d in t.shape)}:{t.tensor_type.name}\n".encode())
+    for t in header.tensors:
+        try:
+            type_name = gguf.GGMLQuantizationType(t.ggml_type).name
+        except ValueError:
+            raise BadInputError(f"{path}: tensor {t.name} has unknown ggml type {t.ggml_type}") from None
+        h.update(f"{t.name}:{','.join(str(d) for d in t.dims)}:{type_name}\n".encode())
+    return h.hexdigest()
+
+
+def model_fingerprint(path: Union[str, Path], shape: Any, n_vocab: int) -> Dict[str, object]:
+    """Shape numbers plus the tensor-info hash (the same architecture re-quantized differs in types)."""
     fp: Dict[str, object] = {k: getattr(shape, k) for k in ("arch", "n_layer", "n_embd", "n_head", "head_dim", "n_ff")}
     fp["n_vocab"] = int(n_vocab)
-    fp["tensors_sha256"] = h.hexdigest()
+    fp["tensors_sha256"] = tensors_sha256(path)
     return fp
 
 

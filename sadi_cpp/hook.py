@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import math
-from typing import Any, Iterator, List, Mapping, Optional, Sequence, Tuple
+import threading
+from typing import Any, Callable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 from llama_cpp import Llama, llama_cpp
@@ -40,6 +42,17 @@ MAX_SEQUENCES = 64  # sequences the hooked context accepts in one decode
 # |delta| above this is refused: the paper's strengths stay below 100, and a huge factor drives
 # activations (and the KV cache built from them) to infinity.
 MAX_DELTA = 1e4
+
+
+def _one_thread(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run a Hook method holding the hook (see Hook._exclusive)."""
+
+    @functools.wraps(method)
+    def run(self: "Hook", *args: Any, **kwargs: Any) -> Any:
+        with self._exclusive():
+            return method(self, *args, **kwargs)
+
+    return run
 
 
 def _address(ptr: Any) -> int:
@@ -68,6 +81,10 @@ class HookedContext(internals.LlamaContext):
 
     def decode_rows(self, batch: Any, steer_rows: List[int], record_rows: List[int]) -> None:
         """llama_decode a native batch with the engine steering and recording the given rows."""
+        with self._hook._exclusive():
+            self._decode_rows(batch, steer_rows, record_rows)
+
+    def _decode_rows(self, batch: Any, steer_rows: List[int], record_rows: List[int]) -> None:
         # Recorded rows become output rows for this decode, so that layers which keep output rows
         # only (the last one) still hold them. Sampling reads the last output, which stays last.
         flags = batch.logits
@@ -105,6 +122,10 @@ class Hook:
         self._steering_args: Optional[Tuple[Any, ...]] = None  # what set_steering was last given
         self._batch: Optional[internals.LlamaBatch] = None
         self._detached = False
+        self._closed = False
+        # One thread at a time: llama.cpp contexts are not thread-safe. Re-entrant, so that the
+        # thread inside a generate may decode; another thread gets a clear error, not a crash.
+        self._lock = threading.RLock()
         self._orig_eval = llm.eval
         self._orig_generate = llm.generate
 
@@ -139,6 +160,9 @@ class Hook:
         llm.eval = self._eval
         llm.generate = self._generate
         llm._sadi_hook = self
+        # Llama.close() frees the model: free our context first (its exit stack runs last-in,
+        # first-out) and refuse every later use instead of touching freed memory.
+        llm._stack.callback(self._on_llama_close)
         llm.reset()
 
     # ---- installation ----
@@ -158,11 +182,40 @@ class Hook:
             batch.close()
             self._ctx.kv_cache_clear()
 
+    def _on_llama_close(self) -> None:
+        if self._detached or self._closed:
+            return
+        self._closed = True
+        if self._batch is not None:
+            self._batch.close()
+            self._batch = None
+        self._ctx.close()
+        for name in ("tokenize", "detokenize"):  # llama-cpp-python would read the freed vocabulary
+            setattr(self.llm, name, self._refuse_closed)
+
+    def _refuse_closed(self, *args: Any, **kwargs: Any) -> Any:
+        raise SadiError("this Llama was closed: load the model again")
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the hook for one thread; another thread gets a clear error instead of a crash."""
+        if not self._lock.acquire(blocking=False):
+            raise SadiError("this Llama is in use by another thread: llama.cpp contexts are not thread-safe; "
+                            "give each thread its own Llama, or serialise the calls with a lock")
+        try:
+            yield
+        finally:
+            self._lock.release()
+
     def detach(self) -> None:
         """Give the Llama a plain context back (no callback, an empty KV cache)."""
         if self._detached or self.llm._sadi_hook is not self:
             return
         self._detached = True
+        if self._closed:  # Llama.close() already freed our context and the model
+            del self.llm.eval, self.llm.generate, self.llm.tokenize, self.llm.detokenize
+            self.llm._sadi_hook = None
+            return
         if self._batch is not None:
             self._batch.close()
             self._batch = None
@@ -180,7 +233,7 @@ class Hook:
         """Refuse to touch native state that is gone: a detached hook, a closed Llama."""
         if self._detached:
             raise SadiError("this hook was detached: attach the Llama again (sadi_cpp.attach) to steer it")
-        if self.llm._model.model is None or self._ctx.ctx is None:
+        if self._closed or self.llm._model.model is None or self._ctx.ctx is None:
             raise SadiError("the Llama of this hook was closed: load the model again")
 
     @property
@@ -241,6 +294,7 @@ class Hook:
             else:
                 self.set_steering(*before)
 
+    @_one_thread
     def set_steering(
         self,
         mask: Optional[Mapping[str, Any]] = None,
@@ -281,6 +335,7 @@ class Hook:
         self._steering_args = (mask, delta, positions, add)
         self._invalidate()
 
+    @_one_thread
     def clear_steering(self) -> None:
         """Steer nothing; safe on a detached hook (it touches only the engine's own state)."""
         self.engine.clear_mask()
@@ -312,6 +367,10 @@ class Hook:
         self._live()
         check_policy(positions)
         sites = tuple(check_site(s, RECORD_SITES) for s in sites)
+        with self._exclusive():
+            yield from self._recording(sites, positions, capture)
+
+    def _recording(self, sites: Tuple[str, ...], positions: str, capture: bool) -> Iterator[Recording]:
         if self._track.record_policy is not None:
             raise SadiError("a recording is already running on this hook")
         self.engine.clear_records()
@@ -353,6 +412,7 @@ class Hook:
             raise BadInputError(f"cannot rewind to {n_tokens} tokens: the cache holds {self.llm.n_tokens}")
         self.llm.n_tokens = int(n_tokens)
 
+    @_one_thread
     def continuation_logits(self, tokens: Sequence[int]) -> np.ndarray:
         """Logits [len(tokens), n_vocab] for ``tokens`` decoded after the cached ones (``llm.n_tokens``).
 
@@ -377,6 +437,7 @@ class Hook:
             batch.close()
             self._ctx.kv_cache_seq_rm(-1, n0, -1)
 
+    @_one_thread
     def decode_rows(self, rows: Sequence[Tuple[int, int, int]], record_rows: Sequence[int] = ()) -> None:
         """Decode ``rows`` of (token, position, sequence id) in one llama_decode, unsteered, with
         no logits; an active recording reads ``record_rows`` (row indices, ascending).
@@ -396,12 +457,14 @@ class Hook:
             b.token[i], b.pos[i], b.n_seq_id[i], b.seq_id[i][0], b.logits[i] = tok, pos, 1, seq, 0
         self._ctx.decode_rows(b, [], list(record_rows) if self._track.record_policy is not None else [])
 
+    @_one_thread
     def kv_clear(self) -> None:
         """Empty the KV cache (every sequence) and forget the Llama's cached tokens."""
         self._live()
         self._ctx.kv_cache_clear()
         self.llm.reset()
 
+    @_one_thread
     def kv_copy(self, src: int, dst: int, p0: int, p1: int) -> None:
         """Share sequence ``src``'s KV entries at positions [p0, p1) with sequence ``dst``."""
         self._live()
@@ -414,6 +477,7 @@ class Hook:
         self.llm.n_tokens = self._track.valid_prefix(self.llm.n_tokens)
         self.llm._requires_eval = True
 
+    @_one_thread
     def _eval(self, tokens: Sequence[int]) -> None:
         self._live()
         self._track.before_eval(self.llm.n_tokens, len(tokens))
@@ -424,11 +488,12 @@ class Hook:
 
     def _generate(self, tokens: Sequence[int], *args: Any, **kwargs: Any) -> Iterator[int]:
         self._live()
-        if self._track.record_policy is not None:
-            self.llm.n_tokens = 0  # a recording reads every prompt token
-        self._invalidate()
-        with self._track.generating():
-            yield from self._orig_generate(tokens, *args, **kwargs)
+        with self._exclusive():  # held across the whole generation, so no other thread interleaves
+            if self._track.record_policy is not None:
+                self.llm.n_tokens = 0  # a recording reads every prompt token
+            self._invalidate()
+            with self._track.generating():
+                yield from self._orig_generate(tokens, *args, **kwargs)
 
 
 def chat_formats() -> List[str]:

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
@@ -22,7 +23,8 @@ from sadi_cpp.errors import BadInputError
 from sadi_cpp.fingerprint import fingerprint_mismatch, model_fingerprint
 from sadi_cpp.hook import Hook
 from sadi_cpp.pairs import Pair
-from sadi_cpp.sites import DEFAULT_DELTA, DEFAULT_TOP_K, check_site
+from sadi_cpp.positions import POLICIES
+from sadi_cpp.sites import DEFAULT_DELTA, DEFAULT_TOP_K, SITES, check_site
 
 RANK_BY = ("signed", "abs")
 
@@ -112,28 +114,53 @@ class SadiMask:
 
     @classmethod
     def from_content(cls, content: "sidecar.SidecarContent", where: str) -> "SadiMask":
+        """A mask from a sidecar's fields, every part checked against the others: the one validator
+        of masks read from files (inspect, generate, eval). BadInputError names the file and field."""
         meta, model, tensors = content.meta, content.model, content.tensors
-        for name in (sidecar.MASK_TENSOR, sidecar.TABLE_TENSOR):
-            if name not in tensors:
-                raise BadInputError(f"{where}: missing tensor {name}; rebuild the mask with build-mask")
-        table = np.asarray(tensors[sidecar.TABLE_TENSOR], dtype=np.float32)
-        bits = np.asarray(tensors[sidecar.MASK_TENSOR])
-        if table.ndim != 2 or bits.shape != table.shape or table.shape[0] != model["n_layer"]:
-            raise BadInputError(f"{where}: tensor shapes {bits.shape} and {table.shape} do not fit n_layer {model['n_layer']}")
+
+        def bad(what: str) -> BadInputError:
+            return BadInputError(f"{where}: {what}; the file is damaged, rebuild it with build-mask")
+
+        site = meta["site"]
+        if site not in SITES:
+            raise bad(f"sadi.site is '{site}', not one of {', '.join(SITES)}")
+        if meta["positions"] not in POLICIES:
+            raise bad(f"sadi.positions is '{meta['positions']}', not one of {', '.join(POLICIES)}")
+        if meta["rank_by"] not in RANK_BY:
+            raise bad(f"sadi.rank_by is '{meta['rank_by']}', not one of {', '.join(RANK_BY)}")
+        delta = float(meta["delta"])
+        if not math.isfinite(delta):
+            raise bad(f"sadi.delta is {delta}")
+        for key in ("n_layer", "n_embd", "n_head", "head_dim", "n_ff", "n_vocab"):
+            if not 1 <= model[key] < 1 << 31:
+                raise bad(f"sadi.model.{key} is {model[key]}")
+        n_units = {"head": model["n_head"], "neuron": model["n_ff"], "hidden": model["n_embd"]}[site]
+        want = (model["n_layer"], n_units)
+        table = tensors[sidecar.TABLE_TENSOR]
+        bits = tensors[sidecar.MASK_TENSOR]
+        for name, arr in ((sidecar.TABLE_TENSOR, table), (sidecar.MASK_TENSOR, bits)):
+            if arr.shape != want:
+                raise bad(f"tensor {name} has shape {arr.shape}; a {site} mask of this model needs {want} (n_layer, n_units)")
+        if not np.isfinite(table).all():
+            raise bad(f"tensor {sidecar.TABLE_TENSOR} holds a NaN or an infinity")
+        if not np.isin(bits, (0, 1)).all():
+            raise bad(f"tensor {sidecar.MASK_TENSOR} holds values other than 0 and 1")
+        top_k = int(meta["top_k"])
+        if not 1 <= top_k <= table.size:
+            raise bad(f"sadi.top_k is {top_k}, outside 1..{table.size}")
+        mask = bits.astype(bool)
+        if not np.array_equal(mask, select_top_k(table, top_k, meta["rank_by"])):
+            raise bad(f"tensor {sidecar.MASK_TENSOR} is not the top {top_k} of its table by {meta['rank_by']} value")
         values = tensors.get(sidecar.VALUES_TENSOR)
         if values is not None:
-            values = np.asarray(values, dtype=np.float32)
-            want = (model["n_layer"], model["n_head"] * model["head_dim"])
-            if values.shape != want or not np.isfinite(values).all():
-                raise BadInputError(f"{where}: tensor {sidecar.VALUES_TENSOR} has shape {values.shape} (want {want}) or is not finite; the file is corrupted")
-        mask = bits.astype(bool)
-        if int(mask.sum()) != meta["top_k"] or not np.isfinite(table).all():
-            raise BadInputError(f"{where}: the mask does not hold top_k={meta['top_k']} units or the table is not finite; the file is corrupted")
+            want_values = (model["n_layer"], model["n_head"] * model["head_dim"])
+            if site != "head" or values.shape != want_values or not np.isfinite(values).all():
+                raise bad(f"tensor {sidecar.VALUES_TENSOR} has shape {values.shape} (a head mask's is {want_values}) or is not finite")
         return cls(
-            site=meta["site"], mean_diff=table, top_k=int(meta["top_k"]), delta=float(meta["delta"]),
+            site=site, mean_diff=np.array(table, dtype=np.float32), top_k=top_k, delta=delta,
             positions=meta["positions"], rank_by=meta["rank_by"], n_pairs=int(meta["n_pairs"]),
-            pairs_sha256=meta["pairs_sha256"], model=model, tool_version=meta["tool_version"], mask=mask,
-            values=values, tuned=meta.get(sidecar.TUNED_KEY, ""),
+            pairs_sha256=meta["pairs_sha256"], model=dict(model), tool_version=meta["tool_version"], mask=mask,
+            values=None if values is None else np.array(values, dtype=np.float32), tuned=meta.get(sidecar.TUNED_KEY, ""),
         )
 
 

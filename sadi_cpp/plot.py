@@ -9,7 +9,7 @@ from typing import Any, Union
 import numpy as np
 
 from sadi_cpp.errors import BadInputError
-from sadi_cpp.files import atomic_path
+from sadi_cpp.files import atomic_path, check_output
 
 
 def _pyplot(path: Path) -> Any:
@@ -20,8 +20,7 @@ def _pyplot(path: Path) -> Any:
         import matplotlib.pyplot as plt
     except ImportError:
         raise BadInputError("--plot needs matplotlib: pip install matplotlib") from None
-    if not path.parent.is_dir():
-        raise BadInputError(f"{path.parent}: no such folder for the plot")
+    check_output(path, "plot")
     return plt
 
 

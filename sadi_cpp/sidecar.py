@@ -1,12 +1,17 @@
 """The mask sidecar's file layer: a GGUF file (docs/mask-format.md) of plain fields and tensors,
-written with gguf-py and read back with the format's keys and types checked. What the fields
-mean, and whether they agree with each other, is sadi_cpp.mask's business."""
+written with gguf-py and read back with sadi_cpp.gguf_file's bounded reader. Only the keys, value
+types and tensors the format defines are accepted, and a sha256 of the content (every key's value
+and every tensor's bytes) is stored and checked, so a damaged file is refused instead of read as a
+slightly different mask. What the fields mean, and whether they agree with each other, is
+sadi_cpp.mask's business."""
 
 from __future__ import annotations
 
+import hashlib
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict, Tuple, Union
 
 import gguf
 import numpy as np
@@ -14,9 +19,10 @@ import numpy as np
 from sadi_cpp.errors import BadInputError
 from sadi_cpp.files import atomic_path
 from sadi_cpp.fingerprint import FIELDS
+from sadi_cpp.gguf_file import FLOAT32, STRING, TYPE_NAMES, UINT32, read_bytes, read_header
 
 ARCH = "sadi"  # never "controlvector": llama.cpp would load the file as a control vector
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 added sadi.checksum; version 1 files (no checksum) are still read
 MASK_TENSOR = "sadi.mask"
 TABLE_TENSOR = "sadi.mean_diff"
 VALUES_TENSOR = "sadi.mean_diff_values"  # optional: head site, every value of kqv_out
@@ -25,40 +31,79 @@ STR_KEYS = ("site", "positions", "rank_by", "pairs_sha256", "tool_version")
 UINT_KEYS = ("top_k", "n_pairs")
 FLOAT_KEYS = ("delta",)
 TUNED_KEY = "tuned"  # optional: JSON summary of the tune run that set top_k and delta
+CHECKSUM_KEY = f"{ARCH}.checksum"
+
+# Every key a sidecar may hold, with its one GGUF type; True: required.
+KEYS: Dict[str, Tuple[int, bool]] = {
+    "general.architecture": (STRING, True), "general.name": (STRING, False), "general.alignment": (UINT32, False),
+    f"{ARCH}.format_version": (UINT32, True), CHECKSUM_KEY: (STRING, False), f"{ARCH}.{TUNED_KEY}": (STRING, False),
+    **{f"{ARCH}.{k}": (STRING, k in ("site", "positions", "rank_by")) for k in STR_KEYS},
+    **{f"{ARCH}.{k}": (UINT32, True) for k in UINT_KEYS},
+    **{f"{ARCH}.{k}": (FLOAT32, True) for k in FLOAT_KEYS},
+    **{f"{ARCH}.model.{k}": (STRING if k in ("arch", "tensors_sha256") else UINT32, True) for k in FIELDS},
+}
+# tensor name -> (ggml type, numpy dtype, required)
+TENSORS = {MASK_TENSOR: (24, np.int8, True), TABLE_TENSOR: (0, np.float32, True), VALUES_TENSOR: (0, np.float32, False)}
 
 
 @dataclass
 class SidecarContent:
-    """What one sidecar holds: the metadata (STR_KEYS, UINT_KEYS, FLOAT_KEYS and optionally
-    ``tuned``), the model fingerprint (fingerprint.FIELDS) and the tensors by name."""
+    """What one sidecar holds: the metadata (STR_KEYS, UINT_KEYS, FLOAT_KEYS and ``tuned``), the
+    model fingerprint (fingerprint.FIELDS) and the tensors by name."""
 
     meta: Dict[str, Any]
     model: Dict[str, Any]
     tensors: Dict[str, np.ndarray] = field(default_factory=dict)
 
 
+def _kv(content: SidecarContent) -> Dict[str, Tuple[int, Any]]:
+    """The sadi.* keys of ``content`` as GGUF (type, value)."""
+    meta = content.meta
+    kv: Dict[str, Tuple[int, Any]] = {f"{ARCH}.format_version": (UINT32, FORMAT_VERSION)}
+    kv.update({f"{ARCH}.{k}": (STRING, str(meta[k])) for k in STR_KEYS})
+    kv.update({f"{ARCH}.{k}": (UINT32, int(meta[k])) for k in UINT_KEYS})
+    kv.update({f"{ARCH}.{k}": (FLOAT32, float(meta[k])) for k in FLOAT_KEYS})
+    for k in FIELDS:
+        value = content.model[k]
+        kv[f"{ARCH}.model.{k}"] = (STRING, value) if isinstance(value, str) else (UINT32, int(value))
+    if meta.get(TUNED_KEY):
+        kv[f"{ARCH}.{TUNED_KEY}"] = (STRING, meta[TUNED_KEY])
+    return kv
+
+
+def checksum(kv: Dict[str, Tuple[int, Any]], tensors: Dict[str, np.ndarray]) -> str:
+    """sha256 over the sadi.* keys (sorted; each value as stored: u32/f32 little-endian, strings
+    UTF-8) and the tensors (sorted by name: dtype, shape, bytes), each part length-prefixed."""
+    h = hashlib.sha256()
+
+    def part(b: bytes) -> None:
+        h.update(struct.pack("<Q", len(b)))
+        h.update(b)
+
+    for key in sorted(k for k in kv if k.startswith(f"{ARCH}.") and k != CHECKSUM_KEY):
+        vtype, value = kv[key]
+        part(key.encode())
+        part(struct.pack("<I", vtype))
+        part(value.encode() if vtype == STRING else struct.pack("<f" if vtype == FLOAT32 else "<I", value))
+    for name in sorted(tensors):
+        a = np.ascontiguousarray(tensors[name])
+        part(name.encode())
+        part(f"{a.dtype.str}{a.shape}".encode())
+        part(a.tobytes())
+    return h.hexdigest()
+
+
 def write_sidecar(content: SidecarContent, path: Union[str, Path]) -> Path:
     """Write atomically: a temporary file beside the target, renamed over it when complete."""
     path = Path(path)
-    meta = content.meta
+    kv = _kv(content)
     with atomic_path(path, "mask file") as tmp:
         w = gguf.GGUFWriter(tmp, ARCH)
-        w.add_name(f"SADI {meta['site']} mask")
-        w.add_uint32(f"{ARCH}.format_version", FORMAT_VERSION)
-        for key in STR_KEYS:
-            w.add_string(f"{ARCH}.{key}", str(meta[key]))
-        for key in UINT_KEYS:
-            w.add_uint32(f"{ARCH}.{key}", int(meta[key]))
-        for key in FLOAT_KEYS:
-            w.add_float32(f"{ARCH}.{key}", float(meta[key]))
-        for key in FIELDS:
-            value = content.model.get(key)
-            if isinstance(value, str):
-                w.add_string(f"{ARCH}.model.{key}", value)
-            else:
-                w.add_uint32(f"{ARCH}.model.{key}", int(value))
-        if meta.get(TUNED_KEY):
-            w.add_string(f"{ARCH}.{TUNED_KEY}", meta[TUNED_KEY])
+        w.add_name(f"SADI {content.meta['site']} mask")
+        for key, (vtype, value) in kv.items():
+            # add_key_value, not add_string: gguf-py's add_string drops empty strings
+            w.add_key_value(key, value, gguf.GGUFValueType(vtype))
+        w.add_key_value(CHECKSUM_KEY, checksum(kv, content.tensors), gguf.GGUFValueType.STRING)
         for name, array in content.tensors.items():
             w.add_tensor(name, array)
         w.write_header_to_file()
@@ -68,30 +113,66 @@ def write_sidecar(content: SidecarContent, path: Union[str, Path]) -> Path:
     return path
 
 
-def _field(reader: gguf.GGUFReader, key: str, path: Path) -> Any:
-    f = reader.get_field(key)
-    if f is None:
-        raise BadInputError(f"{path}: missing key {key}; the sidecar is damaged or from another tool, rebuild it with build-mask")
-    return f.contents()
-
-
 def read_sidecar(path: Union[str, Path]) -> SidecarContent:
+    """Read a sidecar in time and memory bounded by its size; BadInputError naming the file and
+    the key or tensor on anything the format does not allow."""
     path = Path(path)
     if not path.is_file():
         raise BadInputError(f"{path}: no such mask file")
     try:
-        reader = gguf.GGUFReader(str(path))
-    except Exception as e:  # truncated or corrupted: gguf-py raises assorted errors
-        raise BadInputError(f"{path}: not a readable GGUF mask (truncated or corrupted: {e}); rebuild it with build-mask") from None
-    arch = _field(reader, "general.architecture", path)
-    if arch != ARCH:
-        raise BadInputError(f"{path}: a GGUF of architecture '{arch}', not a sadi-cpp mask ('{ARCH}')")
-    version = _field(reader, f"{ARCH}.format_version", path)
-    if version != FORMAT_VERSION:
-        raise BadInputError(f"{path}: mask format {version}; this sadi-cpp reads format {FORMAT_VERSION}")
-    meta: Dict[str, Any] = {k: _field(reader, f"{ARCH}.{k}", path) for k in STR_KEYS + UINT_KEYS + FLOAT_KEYS}
-    tuned = reader.get_field(f"{ARCH}.{TUNED_KEY}")
-    meta[TUNED_KEY] = tuned.contents() if tuned is not None else ""
-    model = {k: _field(reader, f"{ARCH}.model.{k}", path) for k in FIELDS}
-    tensors = {t.name: np.array(t.data) for t in reader.tensors}
+        header = read_header(path, decode=set(KEYS), max_kv=len(KEYS))  # other keys: skipped by size, then refused
+    except BadInputError as e:
+        raise BadInputError(f"{e}; not a readable mask, rebuild it with build-mask") from None
+    kv = header.kv
+    arch = kv.get("general.architecture")
+    if arch is None or arch[0] != STRING:
+        raise BadInputError(f"{path}: a GGUF file without general.architecture, not a sadi-cpp mask")
+    if arch[1] != ARCH:
+        raise BadInputError(f"{path}: a GGUF of architecture '{arch[1]}', not a sadi-cpp mask ('{ARCH}')")
+    for key, (vtype, value) in kv.items():
+        if key not in KEYS:
+            raise BadInputError(f"{path}: unexpected key {key}; the file is damaged or not a sadi-cpp mask")
+        want = KEYS[key][0]
+        if vtype != want:
+            raise BadInputError(f"{path}: key {key} is a {TYPE_NAMES.get(vtype, vtype)}, the format says {TYPE_NAMES[want]}; the file is damaged")
+    version = kv.get(f"{ARCH}.format_version", (UINT32, None))[1]
+    if version not in (1, FORMAT_VERSION):
+        raise BadInputError(f"{path}: mask format {version}; this sadi-cpp reads formats 1 and {FORMAT_VERSION}")
+    for key, (_, required) in KEYS.items():
+        if required and key not in kv:
+            raise BadInputError(f"{path}: missing key {key}; the sidecar is damaged or from another tool, rebuild it with build-mask")
+    if version >= 2 and CHECKSUM_KEY not in kv:
+        raise BadInputError(f"{path}: missing key {CHECKSUM_KEY}; the sidecar is damaged, rebuild it with build-mask")
+    tensors = _read_tensors(path, header)
+    if CHECKSUM_KEY in kv and kv[CHECKSUM_KEY][1] != checksum(kv, tensors):
+        raise BadInputError(f"{path}: the content does not match its checksum: the file was changed or damaged; rebuild it with build-mask")
+    meta: Dict[str, Any] = {k: kv.get(f"{ARCH}.{k}", (STRING, ""))[1] for k in STR_KEYS + UINT_KEYS + FLOAT_KEYS}
+    meta[TUNED_KEY] = kv.get(f"{ARCH}.{TUNED_KEY}", (STRING, ""))[1]
+    model = {k: kv[f"{ARCH}.model.{k}"][1] for k in FIELDS}
     return SidecarContent(meta, model, tensors)
+
+
+def _read_tensors(path: Path, header: Any) -> Dict[str, np.ndarray]:
+    data_size = header.size - header.data_start
+    spans = []
+    tensors: Dict[str, np.ndarray] = {}
+    for t in header.tensors:
+        if t.name not in TENSORS or t.name in tensors:
+            raise BadInputError(f"{path}: unexpected or repeated tensor {t.name}; the file is damaged or not a sadi-cpp mask")
+        ggml_type, dtype, _ = TENSORS[t.name]
+        if t.ggml_type != ggml_type or len(t.dims) != 2:
+            raise BadInputError(f"{path}: tensor {t.name} has type {t.ggml_type} and {len(t.dims)} dimensions; the format says {ggml_type} and 2")
+        n_bytes = t.dims[0] * t.dims[1] * np.dtype(dtype).itemsize
+        if t.offset > data_size or n_bytes > data_size - t.offset:
+            raise BadInputError(f"{path}: tensor {t.name} lies outside the file (truncated or damaged)")
+        spans.append((t.offset, t.offset + n_bytes, t.name))
+        raw = read_bytes(path, header.data_start + t.offset, n_bytes)
+        tensors[t.name] = np.frombuffer(raw, dtype=dtype).reshape(t.dims[1], t.dims[0])
+    spans.sort()
+    for (_, end, a), (start, _, b) in zip(spans, spans[1:]):
+        if start < end:
+            raise BadInputError(f"{path}: tensors {a} and {b} overlap; the file is damaged")
+    for name, (_, _, required) in TENSORS.items():
+        if required and name not in tensors:
+            raise BadInputError(f"{path}: missing tensor {name}; rebuild the mask with build-mask")
+    return tensors

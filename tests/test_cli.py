@@ -128,7 +128,7 @@ def test_bad_models_options_and_masks(tiny, tiny_path, pairs, built, tmp_path):
     data = built.read_bytes()
     cut = tmp_path / "cut.sadi.gguf"
     cut.write_bytes(data[: len(data) // 3])
-    bad(["inspect", str(cut)], "cut.sadi.gguf", "truncated or corrupted")
+    bad(["inspect", str(cut)], "cut.sadi.gguf", "truncated or damaged")
     bad(["generate", "-m", str(tiny_path), "hi", "--mask", str(cut)], "cut.sadi.gguf")
     bad(["inspect", str(tmp_path / "none.gguf")], "no such mask file")
     bad(["generate", "a", "b", "--mask", str(built)], "unexpected extra argument")

@@ -39,7 +39,7 @@ def test_truncated_and_corrupted_files_are_refused(tmp_path):
     path = sample_mask().save(tmp_path / "m.sadi.gguf")
     data = path.read_bytes()
     (tmp_path / "cut.gguf").write_bytes(data[: len(data) // 2])
-    with pytest.raises(BadInputError, match="cut.gguf: not a readable GGUF mask"):
+    with pytest.raises(BadInputError, match="cut.gguf: truncated or damaged"):
         read_sidecar(tmp_path / "cut.gguf")
     (tmp_path / "junk.gguf").write_bytes(b"GGUF" + b"\xff" * 64)
     with pytest.raises(BadInputError, match="junk.gguf"):

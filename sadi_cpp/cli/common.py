@@ -3,6 +3,7 @@ progress bar, option types and small option parsers."""
 
 from __future__ import annotations
 
+import signal
 import traceback
 from contextlib import contextmanager
 from functools import wraps
@@ -44,20 +45,39 @@ def main(
     _State.debug = debug
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the command is so that files being written are cleaned up."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     """The error boundary: the project's own errors and file-system errors become one line and an
-    exit code (2: bad input, 1: other); anything else is a bug and keeps its traceback."""
+    exit code (2: bad input, 1: other); anything else is a bug and keeps its traceback. Ctrl-C and
+    SIGTERM end the command with one line and 130 / 143; files being written are removed on the
+    way out (files.atomic_path), so nothing partial is left."""
 
     @wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
+        previous = signal.signal(signal.SIGTERM, _terminate)
         try:
             return fn(*args, **kwargs)
+        except KeyboardInterrupt:
+            err.print("interrupted; no file was written or changed by the unfinished step", highlight=False)
+            raise typer.Exit(130) from None
+        except Terminated:
+            err.print("terminated; no file was written or changed by the unfinished step", highlight=False)
+            raise typer.Exit(143) from None
         except (SadiError, OSError) as e:
             if _State.debug:
                 traceback.print_exc()
             message = str(e) if isinstance(e, SadiError) else f"{e.filename or ''}: {e.strerror or e}"
             err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True, markup=True)
             raise typer.Exit(2 if isinstance(e, BadInputError) else 1) from None
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
     return run
 

@@ -11,6 +11,7 @@ import typer
 from typing_extensions import Annotated
 
 from sadi_cpp.cli.common import JsonOut, Model, NCtx, Quiet, Threads, app, errors, ints, load_model, out, progress_bar
+from sadi_cpp.files import check_output
 
 
 @app.command()
@@ -26,6 +27,7 @@ def prepare(
     from sadi_cpp.mcdata import write_jsonl
     from sadi_cpp.tasks import convert_file
 
+    check_output(output, "data file")
     rows = convert_file(task, raw, start, limit)
     write_jsonl(rows, output)
     out.print(f"{len(rows)} {task} items written to {output}", highlight=False, soft_wrap=True)
@@ -48,6 +50,8 @@ def export_cvec(
     from sadi_cpp.cvec import default_cvec_path, directions_from_pairs, write_cvec
     from sadi_cpp.pairs import read_pairs
 
+    if output is not None:
+        check_output(output, "control vector")
     items = read_pairs(pairs)
     chosen = ints(layers, "--layers")
     hook = load_model(model, n_ctx, threads)

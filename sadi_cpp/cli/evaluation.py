@@ -15,6 +15,7 @@ from sadi_cpp.cli.common import (
     progress_bar,
 )
 from sadi_cpp.errors import BadInputError
+from sadi_cpp.files import check_output
 
 
 @app.command("eval")
@@ -103,9 +104,9 @@ def tune(
         raise BadInputError(f"unknown method '{method}': use one of {', '.join(METHODS)}")
     if output is not None and method in ("fixed", "random"):
         raise BadInputError(f"--method {method} is an ablation: tune prints its grid but writes no file (drop -o)")
-    for target in (output, plot):  # refuse before the minutes of work, not after
-        if target is not None and not target.parent.is_dir():
-            raise BadInputError(f"{target.parent}: no such folder for {target.name}")
+    for target, what in ((output, "output"), (plot, "plot")):  # refuse before the minutes of work, not after
+        if target is not None:
+            check_output(target, what)
     rows = ints(k_grid, "--k-grid")
     cols = floats(delta_grid, "--delta-grid")
     pairs = read_pairs(train)

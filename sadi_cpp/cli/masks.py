@@ -13,6 +13,7 @@ from typing_extensions import Annotated
 
 from sadi_cpp.cli.common import JsonOut, Model, NCtx, Site, Threads, app, errors, load_model, out, progress_bar, units_table
 from sadi_cpp.errors import BadInputError
+from sadi_cpp.files import check_output
 
 
 @app.command("build-mask")
@@ -41,9 +42,11 @@ def build_mask_cmd(
     if model_arg is not None and model is not None:
         raise BadInputError("give the model once: as the second argument or with --model, not both")
     check_site(site)
+    if output is not None:
+        check_output(output, "mask file")  # before the model loads and the pairs run
     items = read_pairs(pairs)  # validate the whole file before loading the model
     hook = load_model(model_arg or model, n_ctx, threads)
-    target = output or default_mask_path(hook.model_path, pairs, site)
+    target = check_output(output or default_mask_path(hook.model_path, pairs, site), "mask file")
     stats = BuildStats()
     with progress_bar("pairs", len(items), quiet or as_json) as step:
         mask = build_mask(hook, items, site=site, top_k=top_k, rank_by="abs" if rank_abs else "signed",
@@ -135,6 +138,8 @@ def inspect(
     """Show a mask: its metadata, the model it fits, its top units."""
     from sadi_cpp.mask import SadiMask
 
+    if plot is not None:
+        check_output(plot, "plot")
     m = SadiMask.load(mask)
     info = {
         "file": str(mask), "site": m.site, "top_k": m.top_k, "delta": m.delta, "positions": m.positions,
