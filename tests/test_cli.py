@@ -1,6 +1,13 @@
 """The CLI on the tiny model: the flow, --json, and bad input (exit code 2, one line, no traceback)."""
 
 import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -52,7 +59,9 @@ def test_build_mask_writes_a_sidecar_with_a_summary(tiny_path, pairs, tmp_path):
     seq = tmp_path / "seq.sadi.gguf"
     res = runner.invoke(app, ["build-mask", str(pairs), str(tiny_path), "--site", "neuron", "--top-k", "4", "-o", str(seq), "--sequential", "-q"])
     assert res.exit_code == 0, res.output
-    assert np.abs(SadiMask.load(seq).mean_diff - m.mean_diff).max() <= 1e-3  # f16 KV cache: rounding only
+    # The CLI's context keeps K and V in f16 (11 significant bits, eps 2^-10), and the two ways group
+    # the decodes differently, so the means of O(1) activations agree to about that rounding.
+    assert np.abs(SadiMask.load(seq).mean_diff - m.mean_diff).max() <= 2**-10 * max(1.0, np.abs(m.mean_diff).max())
 
 
 def test_default_path_is_beside_the_model(tiny_path, pairs, tmp_path):
@@ -166,3 +175,56 @@ def test_errors_a_user_can_fix_are_one_line_and_bugs_keep_their_traceback(tiny_p
     monkeypatch.setattr(sadi_cpp.mask, "build_mask", bug)
     res = runner.invoke(app, ["build-mask", str(pairs), str(tiny_path), "-q"])
     assert res.exit_code == 1 and isinstance(res.exception, ZeroDivisionError)  # not swallowed into "error: ..."
+
+
+def test_output_paths_are_checked_before_any_work(tiny_path, pairs, tmp_path):
+    # the folder is checked before the model loads: with a missing model too, the folder is the error
+    bad(["build-mask", str(pairs), str(tmp_path / "no-model.gguf"), "-o", str(tmp_path / "missing" / "m.gguf")], "no such folder")
+    bad(["build-mask", str(pairs), str(tiny_path), "-o", str(tmp_path)], "a folder; give the mask file a file name")
+    link = tmp_path / "link.gguf"
+    link.symlink_to(tmp_path / "elsewhere.gguf")
+    bad(["build-mask", str(pairs), str(tiny_path), "-o", str(link)], "symbolic link")
+    fifo = tmp_path / "fifo.gguf"
+    os.mkfifo(fifo)
+    bad(["build-mask", str(pairs), str(tiny_path), "-o", str(fifo)], "not a regular file")
+    bad(["build-mask", str(pairs), str(tiny_path), "-o", "/dev/null"], "not a regular file")
+    assert not (tmp_path / "elsewhere.gguf").exists() and Path("/dev/null").is_char_device()
+    bad(["export-cvec", str(pairs), "-m", str(tmp_path / "no-model.gguf"), "-o", str(tmp_path / "missing" / "v.gguf")], "no such folder")
+    bad(["prepare", "sst2", str(pairs), "-o", str(tmp_path / "missing" / "d.jsonl")], "no such folder")
+    bad(["inspect", "whatever.sadi.gguf", "--plot", str(tmp_path / "missing" / "p.png")], "no such folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo.gguf", "link.gguf", "pairs.jsonl"]  # nothing written
+
+
+def test_a_new_mask_gets_the_umask_mode_and_a_replaced_one_keeps_its_mode(tiny_path, pairs, tmp_path):
+    out = tmp_path / "m.sadi.gguf"
+    umask = os.umask(0o022)
+    try:
+        res = runner.invoke(app, ["build-mask", str(pairs), str(tiny_path), "-o", str(out), "-q"])
+        assert res.exit_code == 0, res.output
+        assert stat.S_IMODE(out.stat().st_mode) == 0o644
+        os.chmod(out, 0o600)
+        res = runner.invoke(app, ["build-mask", str(pairs), str(tiny_path), "-o", str(out), "-q", "--top-k", "2"])
+        assert res.exit_code == 0 and SadiMask.load(out).top_k == 2
+        assert stat.S_IMODE(out.stat().st_mode) == 0o600
+    finally:
+        os.umask(umask)
+
+
+@pytest.mark.parametrize("signum,code,word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
+@pytest.mark.parametrize("command", ["build-mask", "tune"])
+def test_interrupts_exit_with_one_line_and_leave_no_file(tiny_path, tmp_path, signum, code, word, command):
+    big = tmp_path / "big.jsonl"  # about 25 s of work on the tiny model: the signal lands mid-way
+    big.write_text("".join(json.dumps({"prompt": f"Item {i}: it is", "choices": [" good", " bad"], "label": i % 2}) + "\n"
+                           for i in range(20000)))
+    out = tmp_path / "out.sadi.gguf"
+    args = {"build-mask": ["build-mask", str(big), str(tiny_path)], "tune": ["tune", str(big), str(big), "-m", str(tiny_path)]}[command]
+    script = "import sys; from sadi_cpp.cli import app; sys.argv[0] = 'sadi-cpp'; app()"
+    proc = subprocess.Popen([sys.executable, "-c", script, *args, "-o", str(out), "-q"], cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(4)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signum)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == code, stderr
+    assert word in stderr and "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.jsonl"]  # no mask, no temporary file

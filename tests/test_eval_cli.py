@@ -7,7 +7,7 @@ import json
 import gguf
 import numpy as np
 import pytest
-from helpers import bad, eval_fresh
+from helpers import assert_f32_close, bad, eval_fresh
 from typer.testing import CliRunner
 
 import sadi_cpp
@@ -102,7 +102,7 @@ def test_caa_control_vector_loads_in_llama_cpp_and_matches_the_engine(tiny, tiny
 
     with hook.steering(add={"residual": read_cvec(cv, tiny.n_layer, tiny.n_embd)}, positions="all"):
         ours = eval_fresh(hook.llm, prompt)
-    assert np.abs(ours - with_cvec).max() <= 1e-4
+    assert_f32_close(ours, with_cvec)
 
     ev = json.loads(run(["eval", "-m", str(tiny_path), str(dev), "--cvec", str(cv), "--positions", "all", "--json"]).stdout)
     assert ev["method"] == "caa" and ev["alpha"] == 1.0

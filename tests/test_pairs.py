@@ -1,5 +1,7 @@
 """Reading the pairs file: both schemas, and clear errors naming file and line."""
 
+import json
+
 import pytest
 
 from sadi_cpp import BadInputError
@@ -54,3 +56,21 @@ def test_first_lines_keeps_every_pair_of_a_multiple_choice_line(tmp_path):
     assert len(pairs) == 4
     assert [q.where.rsplit(":", 1)[1] for q in first_lines(pairs, 2)] == ["1", "1", "2"]
     assert first_lines(pairs, 9) == pairs
+
+
+def test_line_separators_inside_json_strings_are_text_not_line_ends(tmp_path):
+    p = tmp_path / "p.jsonl"
+    rows = [{"prompt": "a\u2028b", "positive": "c\u0085d", "negative": "e\x1cf\x0bg\u2029"}, {"positive": "x", "negative": "y"}]
+    p.write_text("\r\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\r\n", encoding="utf-8")
+    pairs = read_pairs(p)
+    assert [x.positive for x in pairs] == ["a\u2028bc\u0085d", "x"]
+    assert pairs[1].where.endswith("p.jsonl:2")
+
+
+def test_deeply_nested_json_names_the_line(tmp_path):
+    p = tmp_path / "deep.jsonl"
+    p.write_text('{"positive": "a", "negative": "b"}\n' + "[" * 100000 + "]" * 100000 + "\n")
+    with pytest.raises(BadInputError, match=r"deep.jsonl:2: JSON nested deeper than"):
+        read_pairs(p)
+    p.write_text('{"positive": "a", "negative": "b", "x": "' + "[" * 5000 + '"}\n')  # brackets inside a string
+    assert len(read_pairs(p)) == 1

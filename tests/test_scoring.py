@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import assert_f32_close
 
 import sadi_cpp
 from sadi_cpp.interventions import BASELINE, Intervention, sadi
@@ -50,8 +51,8 @@ def test_choice_logprobs_match_oracle(tiny, make_llama, positions):
         base = oracle_scores(tiny, hook.llm, item)
         steered = oracle_scores(tiny, hook.llm, item, mask, 4.0, all_rows=positions == "all")
         n = len(item.choices)
-        assert np.abs(scores.logprob[0, i, :n] - base).max() <= 1e-3
-        assert np.abs(scores.logprob[1, i, :n] - steered).max() <= 1e-3
+        assert_f32_close(scores.logprob[0, i, :n], base, what=item.prompt)
+        assert_f32_close(scores.logprob[1, i, :n], steered, what=item.prompt)
         assert np.abs(steered - base).max() > 0.05  # the steering is visible
     assert np.isnan(scores.logprob[:, 1, 2]).all()  # item 1 has two choices
     p = len(hook.llm.tokenize(ITEMS[0].prompt.encode()))
