@@ -211,15 +211,18 @@ def test_a_new_mask_gets_the_umask_mode_and_a_replaced_one_keeps_its_mode(tiny_p
 
 
 @pytest.mark.parametrize("signum,code,word", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")])
-@pytest.mark.parametrize("command", ["build-mask", "tune"])
-def test_interrupts_exit_with_one_line_and_leave_no_file(tiny_path, tmp_path, signum, code, word, command):
+@pytest.mark.parametrize("command", ["build-mask", "tune", "eval"])
+def test_interrupts_exit_with_one_line_and_leave_no_file(tiny_path, built, tmp_path_factory, signum, code, word, command):
+    tmp_path = tmp_path_factory.mktemp("interrupted")
     big = tmp_path / "big.jsonl"  # about 25 s of work on the tiny model: the signal lands mid-way
     big.write_text("".join(json.dumps({"prompt": f"Item {i}: it is", "choices": [" good", " bad"], "label": i % 2}) + "\n"
                            for i in range(20000)))
     out = tmp_path / "out.sadi.gguf"
-    args = {"build-mask": ["build-mask", str(big), str(tiny_path)], "tune": ["tune", str(big), str(big), "-m", str(tiny_path)]}[command]
+    args = {"build-mask": ["build-mask", str(big), str(tiny_path), "-o", str(out)],
+            "tune": ["tune", str(big), str(big), "-m", str(tiny_path), "-o", str(out)],
+            "eval": ["eval", str(big), "-m", str(tiny_path), "--mask", str(built)]}[command]
     script = "import sys; from sadi_cpp.cli import app; sys.argv[0] = 'sadi-cpp'; app()"
-    proc = subprocess.Popen([sys.executable, "-c", script, *args, "-o", str(out), "-q"], cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, "-c", script, *args, "-q"], cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(4)
     assert proc.poll() is None, proc.communicate()
