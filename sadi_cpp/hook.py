@@ -22,7 +22,7 @@ import ctypes
 import functools
 import math
 import threading
-from typing import Any, Callable, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 from llama_cpp import Llama, llama_cpp
@@ -42,6 +42,15 @@ MAX_SEQUENCES = 64  # sequences the hooked context accepts in one decode
 # |delta| above this is refused: the paper's strengths stay below 100, and a huge factor drives
 # activations (and the KV cache built from them) to infinity.
 MAX_DELTA = 1e4
+
+
+class BatchRow(NamedTuple):
+    """One row of :meth:`Hook.decode`: a token at a position in one or more sequences."""
+
+    token: int
+    pos: int
+    seqs: Tuple[int, ...]
+    steer: bool = False
 
 
 def _one_thread(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -74,17 +83,18 @@ class HookedContext(internals.LlamaContext):
     def decode(self, batch: internals.LlamaBatch) -> None:
         b = batch.batch
         track = self._hook._track
-        steer_rows, record_rows = track.rows(b.pos[0] if b.n_tokens > 0 else 0, b.n_tokens, self.engine.steering)
+        steer_rows, record_rows = track.rows(b.pos[0] if b.n_tokens > 0 else 0, b.n_tokens, self.engine.steering(0))
         self.decode_rows(b, steer_rows, record_rows)
         if steer_rows:
             track.mark_steered(b.pos[steer_rows[0]])
 
-    def decode_rows(self, batch: Any, steer_rows: List[int], record_rows: List[int]) -> None:
-        """llama_decode a native batch with the engine steering and recording the given rows."""
+    def decode_rows(self, batch: Any, steer_rows: List[int], record_rows: List[int], steer_configs: Sequence[int] = ()) -> None:
+        """llama_decode a native batch with the engine steering and recording the given rows
+        (steer_configs: each steered row's configuration; none given: configuration 0)."""
         with self._hook._exclusive():
-            self._decode_rows(batch, steer_rows, record_rows)
+            self._decode_rows(batch, steer_rows, record_rows, list(steer_configs))
 
-    def _decode_rows(self, batch: Any, steer_rows: List[int], record_rows: List[int]) -> None:
+    def _decode_rows(self, batch: Any, steer_rows: List[int], record_rows: List[int], steer_configs: List[int]) -> None:
         # Recorded rows become output rows for this decode, so that layers which keep output rows
         # only (the last one) still hold them. Sampling reads the last output, which stays last.
         flags = batch.logits
@@ -92,7 +102,7 @@ class HookedContext(internals.LlamaContext):
         for r in extra:
             flags[r] = 1
         try:
-            self.engine.begin_decode(ctypes.addressof(batch), steer_rows, record_rows)
+            self.engine.begin_decode(ctypes.addressof(batch), steer_rows, record_rows, steer_configs)
             rc = llama_cpp.llama_decode(self.ctx, batch)
             error = self.engine.end_decode()
         finally:
@@ -120,6 +130,8 @@ class Hook:
         self.shape = Shape.from_engine(self.engine.shape)
         self._track = PositionTracker()
         self._steering_args: Optional[Tuple[Any, ...]] = None  # what set_steering was last given
+        self._configs: Dict[str, Tuple[int, str]] = {}  # name -> (engine configuration, positions)
+        self._bound: Dict[int, int] = {}  # sequence id -> engine configuration
         self._batch: Optional[internals.LlamaBatch] = None
         self._detached = False
         self._closed = False
@@ -305,6 +317,18 @@ class Hook:
         """Turn steering on until :meth:`clear_steering` (the manual form of :meth:`steering`)."""
         self._live()
         check_policy(positions)
+        try:
+            mask = self._write_config(0, mask, delta, add)
+        except BaseException:
+            self._steering_args = None
+            raise
+        self._track.steer_policy = positions
+        self._steering_args = (mask, float(delta), positions, add)
+        self._invalidate()
+
+    def _write_config(self, config: int, mask: Any, delta: Any, add: Optional[Mapping[str, Any]]) -> Mapping[str, Any]:
+        """Check a configuration and write it into the engine's ``config``; returns the mask as a
+        mapping. On a bad one the configuration is left empty."""
         if mask is None:
             mask = {}
         if hasattr(mask, "units") and callable(mask.units):
@@ -317,37 +341,142 @@ class Hook:
             raise BadInputError(f"delta must be a finite number within ±{MAX_DELTA:g}, got {delta}")
         units = masks_to_units(mask, self.shape)
         vectors = check_adds(add or {}, self.shape)
-        self.engine.clear_mask()
-        self.engine.clear_adds()
+        self.engine.clear_mask(config)
+        self.engine.clear_adds(config)
+        self.engine.set_delta(config, 0.0)
         try:
             for site, per_layer in units.items():
                 for layer, idx in per_layer:
-                    self.engine.set_mask(site, layer, idx)
+                    self.engine.set_mask(config, site, layer, idx)
             for site, layer, vec in vectors:
-                self.engine.set_add(site, layer, vec)
+                self.engine.set_add(config, site, layer, vec)
         except ValueError as e:  # the engine refuses a site this model's graph lacks
-            self.engine.clear_mask()
-            self.engine.clear_adds()
-            self._steering_args = None
+            self.engine.clear_mask(config)
+            self.engine.clear_adds(config)
             raise UnsupportedModelError(str(e)) from None
-        self.engine.delta = delta
-        self._track.steer_policy = positions
-        self._steering_args = (mask, delta, positions, add)
-        self._invalidate()
+        self.engine.set_delta(config, delta)
+        return mask
 
     @_one_thread
     def clear_steering(self) -> None:
         """Steer nothing; safe on a detached hook (it touches only the engine's own state)."""
-        self.engine.clear_mask()
-        self.engine.clear_adds()
-        self.engine.delta = 0.0
+        self.engine.clear_mask(0)
+        self.engine.clear_adds(0)
+        self.engine.set_delta(0, 0.0)
         self._steering_args = None
         self._invalidate()
 
     @property
     def steers(self) -> bool:
-        """True while a configuration that changes anything is set."""
-        return bool(self.engine.steering)
+        """True while a configuration that changes anything is set (the ``steering`` one)."""
+        return bool(self.engine.steering(0))
+
+    # ---- named configurations, for batches of many sequences ----
+
+    @_one_thread
+    def configure(
+        self,
+        name: str,
+        mask: Optional[Mapping[str, Any]] = None,
+        delta: float = 0.0,
+        positions: str = DEFAULT_POLICY,
+        add: Optional[Mapping[str, Any]] = None,
+    ) -> str:
+        """Register (or replace) the steering configuration ``name``: the same arguments as
+        :meth:`steering`. It acts in :meth:`decode` on the rows of the sequences :meth:`bind`
+        binds to it; ``positions`` is kept for callers that choose rows by policy
+        (:meth:`config_positions`). Many configurations live in the engine at once."""
+        self._live()
+        check_policy(positions)
+        if not isinstance(name, str) or not name:
+            raise BadInputError(f"a configuration needs a non-empty name, got {name!r}")
+        if name in self._configs:
+            config = self._configs[name][0]
+        else:
+            config = self.engine.new_config()
+        try:
+            self._write_config(config, mask, delta, add)
+        except BaseException:
+            if name not in self._configs:
+                self.engine.free_config(config)
+            raise
+        self._configs[name] = (config, positions)
+        return name
+
+    @_one_thread
+    def remove_config(self, name: str) -> None:
+        """Forget a configuration; sequences bound to it become unsteered."""
+        config, _ = self._config(name)
+        self.engine.free_config(config)
+        del self._configs[name]
+        self._bound = {s: c for s, c in self._bound.items() if c != config}
+
+    @property
+    def configs(self) -> Tuple[str, ...]:
+        return tuple(self._configs)
+
+    def config_positions(self, name: str) -> str:
+        return self._config(name)[1]
+
+    def _config(self, name: str) -> Tuple[int, str]:
+        if name not in self._configs:
+            known = ", ".join(self._configs) or "none"
+            raise BadInputError(f"no steering configuration named {name!r} (configured: {known})")
+        return self._configs[name]
+
+    def bind(self, seq: int, name: Optional[str]) -> None:
+        """Steer the flagged rows of sequence ``seq`` in :meth:`decode` with configuration
+        ``name`` (None: leave the sequence unsteered)."""
+        if not 0 <= seq < self.n_seq_max:
+            raise BadInputError(f"sequence id {seq} is outside 0..{self.n_seq_max - 1}")
+        if name is None:
+            self._bound.pop(seq, None)
+        else:
+            self._bound[seq] = self._config(name)[0]
+
+    @_one_thread
+    def decode(self, rows: Sequence["BatchRow"], logits: Sequence[int] = ()) -> np.ndarray:
+        """One llama_decode of ``rows``; returns the logits [len(logits), n_vocab] of the rows
+        whose indices ``logits`` lists (ascending).
+
+        A row is (token, position, sequence ids, steer). A row that belongs to several sequences
+        (a shared prompt) has its KV entry in all of them. A row with ``steer`` set is edited with
+        the configuration bound to its first sequence (:meth:`bind`); unbound sequences, and rows
+        without the flag, are computed unsteered. Rows of many configurations may share a decode:
+        each sees its own configuration only. The KV cache is the caller's between
+        :meth:`kv_clear` calls; sequences are 0..n_seq_max-1."""
+        self._live()
+        n = len(rows)
+        if not 0 < n <= self.llm.n_batch:
+            raise BadInputError(f"a decode holds 1..{self.llm.n_batch} rows, got {n}")
+        outputs = list(logits)
+        if outputs != sorted(set(outputs)) or (outputs and not 0 <= outputs[0] <= outputs[-1] < n):
+            raise BadInputError("logits rows must be ascending, unique row indices of the decode")
+        b = self._native_batch()
+        b.n_tokens = n
+        steer_rows: List[int] = []
+        steer_configs: List[int] = []
+        for i, (tok, pos, seqs, steer) in enumerate(rows):
+            if not 1 <= len(seqs) <= self.n_seq_max or not all(0 <= s < self.n_seq_max for s in seqs):
+                raise BadInputError(f"row {i}: sequence ids must be 1..{self.n_seq_max} ids in 0..{self.n_seq_max - 1}, got {seqs}")
+            b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = tok, pos, len(seqs), 0
+            for k, s in enumerate(seqs):
+                b.seq_id[i][k] = s
+            if steer and seqs[0] in self._bound:
+                steer_rows.append(i)
+                steer_configs.append(self._bound[seqs[0]])
+        for i in outputs:
+            b.logits[i] = 1
+        self._ctx.decode_rows(b, steer_rows, [], steer_configs)
+        out = np.empty((len(outputs), self.llm.n_vocab()), np.float32)
+        for k, i in enumerate(outputs):
+            out[k] = np.ctypeslib.as_array(self._ctx.get_logits_ith(i), shape=(self.llm.n_vocab(),))
+        return out
+
+    def _native_batch(self) -> Any:
+        if self._batch is None:
+            self._batch = internals.LlamaBatch(n_tokens=self.llm.n_batch, embd=0, n_seq_max=self.n_seq_max, verbose=False)
+        return self._batch.batch
 
     # ---- recording ----
 
@@ -447,9 +576,7 @@ class Hook:
         n = len(rows)
         if not 0 < n <= self.llm.n_batch:
             raise BadInputError(f"a decode holds 1..{self.llm.n_batch} rows, got {n}")
-        if self._batch is None:
-            self._batch = internals.LlamaBatch(n_tokens=self.llm.n_batch, embd=0, n_seq_max=1, verbose=False)
-        b = self._batch.batch
+        b = self._native_batch()
         b.n_tokens = n
         for i, (tok, pos, seq) in enumerate(rows):
             if not 0 <= seq < self.n_seq_max:

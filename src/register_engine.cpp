@@ -60,22 +60,28 @@ void register_engine(py::module_ & m) {
         .def("end_probe", &Engine::end_probe)
         .def("site_problem", [](const Engine & e, const std::string & site) { return e.site_problem(to_site(site)); })
         .def("neuron_node", &Engine::neuron_node)
+        .def("new_config", &Engine::new_config)
+        .def("free_config", &Engine::free_config, py::arg("config"))
+        .def_property_readonly("n_configs", &Engine::n_configs)
         .def("set_mask",
-             [](Engine & e, const std::string & site, int32_t il, const std::vector<int32_t> & units) {
-                 e.set_mask(to_site(site), il, units);
-             })
-        .def("clear_mask", &Engine::clear_mask)
+             [](Engine & e, int32_t config, const std::string & site, int32_t il, const std::vector<int32_t> & units) {
+                 e.set_mask(config, to_site(site), il, units);
+             },
+             py::arg("config"), py::arg("site"), py::arg("layer"), py::arg("units"))
+        .def("clear_mask", &Engine::clear_mask, py::arg("config"))
         .def("set_add",
-             [](Engine & e, const std::string & site, int32_t il,
+             [](Engine & e, int32_t config, const std::string & site, int32_t il,
                 const py::array_t<float, py::array::c_style | py::array::forcecast> & values) {
                  if (values.ndim() != 1) {
                      throw py::value_error("the vector to add must be one-dimensional");
                  }
-                 e.set_add(to_site(site), il, std::vector<float>(values.data(), values.data() + values.size()));
-             })
-        .def("clear_adds", &Engine::clear_adds)
-        .def_property("delta", &Engine::delta, &Engine::set_delta)
-        .def_property_readonly("steering", &Engine::steering)
+                 e.set_add(config, to_site(site), il, std::vector<float>(values.data(), values.data() + values.size()));
+             },
+             py::arg("config"), py::arg("site"), py::arg("layer"), py::arg("values"))
+        .def("clear_adds", &Engine::clear_adds, py::arg("config"))
+        .def("set_delta", &Engine::set_delta, py::arg("config"), py::arg("delta"))
+        .def("delta", &Engine::delta, py::arg("config"))
+        .def("steering", &Engine::steering, py::arg("config"))
         .def("set_record", [](Engine & e, const std::string & site, bool on) { e.set_record(to_site(site), on); })
         .def("set_capture", &Engine::set_capture)
         .def("set_accumulate_slot", &Engine::set_accumulate_slot)
@@ -103,13 +109,16 @@ void register_engine(py::module_ & m) {
         .def(
             "begin_decode",
             [](Engine & e, std::uintptr_t batch, const std::vector<int32_t> & steer_rows,
-               const std::vector<int32_t> & record_rows) {
+               const std::vector<int32_t> & record_rows, const std::vector<int32_t> & steer_configs,
+               const std::vector<int32_t> & record_slots) {
                 if (batch == 0) {
                     throw py::value_error("null llama_batch address");
                 }
-                e.begin_decode(*reinterpret_cast<const llama_batch *>(batch), steer_rows, record_rows);
+                e.begin_decode(*reinterpret_cast<const llama_batch *>(batch), steer_rows, record_rows, steer_configs,
+                               record_slots);
             },
-            py::arg("batch_address"), py::arg("steer_rows"), py::arg("record_rows"))
+            py::arg("batch_address"), py::arg("steer_rows"), py::arg("record_rows"),
+            py::arg("steer_configs") = std::vector<int32_t>(), py::arg("record_slots") = std::vector<int32_t>())
         .def("end_decode", &Engine::end_decode);
 }
 

@@ -84,8 +84,8 @@ def test_bad_vectors_are_refused(tiny, make_llama):
         hook.set_steering(add={"hidden": np.full((tiny.n_layer, tiny.n_embd), np.nan)})
     with pytest.raises(BadInputError, match="unknown site"):
         hook.set_steering(add={"mlp": np.zeros((tiny.n_layer, tiny.n_embd))})
-    assert not hook.engine.steering
+    assert not hook.steers
     base = eval_fresh(hook.llm, PROMPT)
     with hook.steering(add={"residual": np.zeros((tiny.n_layer, tiny.n_embd))}):
-        assert not hook.engine.steering  # all-zero vectors add nothing and cost nothing
+        assert not hook.steers  # all-zero vectors add nothing and cost nothing
         assert np.array_equal(eval_fresh(hook.llm, PROMPT), base)

@@ -246,7 +246,7 @@ def test_freeing_in_any_order_is_safe(tiny_path, order, tmp_path):
         with hook.steering({{"head": m}}, delta=2.0):
             llm.eval([1, 5, 6, 7])
         if {order!r} == "llama-first":
-            del llm; gc.collect(); hook.engine.delta = 1.0; del hook
+            del llm; gc.collect(); hook.engine.set_delta(0, 1.0); del hook
         elif {order!r} == "hook-first":
             del hook; gc.collect(); llm.reset(); llm.eval([1, 5, 6]); del llm
         else:
@@ -295,7 +295,7 @@ def test_bad_masks_and_options_are_refused(tiny, make_llama):
         hook.set_steering({"head": np.zeros((3, 4), bool)}, delta=float("nan"))
     with pytest.raises(BadInputError, match="0/1"):
         hook.set_steering({"head": np.full((3, 4), 2)}, delta=1.0)
-    assert not hook.engine.steering
+    assert not hook.steers
 
 
 def test_model_without_a_dense_ffn_is_refused_by_site(tiny, make_llama, tmp_path):

@@ -47,15 +47,24 @@ std::string shape_text(const ggml_tensor * t) {
 
 }  // namespace
 
+bool Config::steers(Site site, int32_t il) const {
+    return (delta != 0.0f && !ranges[size_t(site)][size_t(il)].empty()) || !adds[size_t(site)][size_t(il)].empty();
+}
+
+bool Config::any() const {
+    for (int s = 0; s < n_sites; ++s) {
+        for (size_t il = 0; il < ranges[size_t(s)].size(); ++il) {
+            if (steers(Site(s), int32_t(il))) {
+                return true;
+            }
+        }
+    }
+    return false;
+}
+
 Engine::Engine(ModelShape shape) : shape_(std::move(shape)) {
-    const size_t n_layer = size_t(shape_.n_layer);
-    neuron_base_.assign(n_layer, std::string());
-    for (auto & r : ranges_) {
-        r.assign(n_layer, {});
-    }
-    for (auto & a : adds_) {
-        a.assign(n_layer, {});
-    }
+    neuron_base_.assign(size_t(shape_.n_layer), std::string());
+    new_config();  // configuration 0
     for (auto & p : problems_) {
         p = "the model's graph has not been probed yet";
     }
@@ -160,27 +169,68 @@ std::string Engine::neuron_node(int32_t il) const {
     return neuron_base_[size_t(il)].empty() ? std::string() : neuron_base_[size_t(il)] + "-" + std::to_string(il);
 }
 
-// ---- configuration ----
+// ---- configurations ----
 
-void Engine::set_mask(Site site, int32_t il, const std::vector<int32_t> & units) {
+int32_t Engine::new_config() {
+    Config c;
+    for (auto & r : c.ranges) {
+        r.assign(size_t(shape_.n_layer), {});
+    }
+    for (auto & a : c.adds) {
+        a.assign(size_t(shape_.n_layer), {});
+    }
+    for (size_t i = 1; i < configs_.size(); ++i) {
+        if (config_free_[i]) {
+            configs_[i]     = std::move(c);
+            config_free_[i] = 0;
+            return int32_t(i);
+        }
+    }
+    configs_.push_back(std::move(c));
+    config_free_.push_back(0);
+    return int32_t(configs_.size() - 1);
+}
+
+void Engine::free_config(int32_t config) {
+    if (config == 0) {
+        throw std::invalid_argument("configuration 0 always exists; clear it instead");
+    }
+    live(config) = Config();
+    config_free_[size_t(config)] = 1;
+}
+
+Config & Engine::live(int32_t config) {
+    return const_cast<Config &>(static_cast<const Engine *>(this)->live(config));
+}
+
+const Config & Engine::live(int32_t config) const {
+    if (config < 0 || config >= int32_t(configs_.size()) || config_free_[size_t(config)]) {
+        throw std::out_of_range("no steering configuration " + std::to_string(config));
+    }
+    return configs_[size_t(config)];
+}
+
+void Engine::set_mask(int32_t config, Site site, int32_t il, const std::vector<int32_t> & units) {
+    Config & c = live(config);
     if (!problems_[size_t(site)].empty()) {
         throw std::invalid_argument(problems_[size_t(site)]);
     }
     if (il < 0 || il >= shape_.n_layer) {
         throw std::out_of_range("layer " + std::to_string(il) + " is outside [0, " + std::to_string(shape_.n_layer) + ")");
     }
-    ranges_[size_t(site)][size_t(il)] = unit_ranges(units, shape_.unit_width(site), shape_.n_units(site));
+    c.ranges[size_t(site)][size_t(il)] = unit_ranges(units, shape_.unit_width(site), shape_.n_units(site));
 }
 
-void Engine::clear_mask() {
-    for (auto & per_layer : ranges_) {
+void Engine::clear_mask(int32_t config) {
+    for (auto & per_layer : live(config).ranges) {
         for (auto & r : per_layer) {
             r.clear();
         }
     }
 }
 
-void Engine::set_add(Site site, int32_t il, const std::vector<float> & values) {
+void Engine::set_add(int32_t config, Site site, int32_t il, const std::vector<float> & values) {
+    Config & c = live(config);
     if (!problems_[size_t(site)].empty()) {
         throw std::invalid_argument(problems_[size_t(site)]);
     }
@@ -192,30 +242,15 @@ void Engine::set_add(Site site, int32_t il, const std::vector<float> & values) {
                                     std::to_string(values.size()) + " values; it needs " +
                                     std::to_string(shape_.width(site)));
     }
-    adds_[size_t(site)][size_t(il)] = values;
+    c.adds[size_t(site)][size_t(il)] = values;
 }
 
-void Engine::clear_adds() {
-    for (auto & per_layer : adds_) {
+void Engine::clear_adds(int32_t config) {
+    for (auto & per_layer : live(config).adds) {
         for (auto & a : per_layer) {
             a.clear();
         }
     }
-}
-
-bool Engine::steers(Site site, int32_t il) const {
-    return (delta_ != 0.0f && !ranges_[size_t(site)][size_t(il)].empty()) || !adds_[size_t(site)][size_t(il)].empty();
-}
-
-bool Engine::steering() const {
-    for (int s = 0; s < n_sites; ++s) {
-        for (int32_t il = 0; il < shape_.n_layer; ++il) {
-            if (steers(Site(s), il)) {
-                return true;
-            }
-        }
-    }
-    return false;
 }
 
 void Engine::set_record(Site site, bool on) {
@@ -229,8 +264,14 @@ void Engine::set_accumulate_slot(int32_t slot) {
     if (slot < -1) {
         throw std::invalid_argument("accumulator slot must be >= 0, or -1 to stop");
     }
+    if (slot >= 0) {
+        this->slot(slot);
+    }
     acc_slot_ = slot;
-    while (slot >= 0 && int32_t(slots_.size()) <= slot) {
+}
+
+Engine::Accumulator & Engine::slot(int32_t index) {
+    while (int32_t(slots_.size()) <= index) {
         Accumulator acc;
         for (int s = 0; s < n_sites; ++s) {
             acc.sums[size_t(s)].assign(size_t(shape_.n_layer * shape_.width(Site(s))), 0.0);
@@ -238,6 +279,7 @@ void Engine::set_accumulate_slot(int32_t slot) {
         }
         slots_.push_back(std::move(acc));
     }
+    return slots_[size_t(index)];
 }
 
 void Engine::clear_records() {
@@ -267,16 +309,37 @@ const std::vector<int64_t> & Engine::counts(int32_t slot, Site site) const {
 // ---- one decode ----
 
 void Engine::begin_decode(const llama_batch & batch, const std::vector<int32_t> & steer_rows,
-                          const std::vector<int32_t> & record_rows) {
-    const bool steer  = steering() && !steer_rows.empty();
+                          const std::vector<int32_t> & record_rows, const std::vector<int32_t> & steer_configs,
+                          const std::vector<int32_t> & record_slots) {
+    // checks first: a bad list throws before any state changes
+    if (!steer_configs.empty() && steer_configs.size() != steer_rows.size()) {
+        throw std::invalid_argument("one configuration per steered row is needed");
+    }
+    if (!record_slots.empty() && record_slots.size() != record_rows.size()) {
+        throw std::invalid_argument("one accumulator slot per recorded row is needed");
+    }
+    bool steer = false;
+    for (size_t i = 0; i < steer_rows.size(); ++i) {
+        steer = live(steer_configs.empty() ? 0 : steer_configs[i]).any() || steer;
+    }
+    for (int32_t s : record_slots) {
+        if (s < 0) {
+            throw std::invalid_argument("accumulator slots must be >= 0");
+        }
+    }
     const bool any_site = std::find(record_.begin(), record_.end(), true) != record_.end();
-    const bool record = any_site && !record_rows.empty() && (capture_ || acc_slot_ >= 0);
+    const bool record = any_site && !record_rows.empty() && (capture_ || acc_slot_ >= 0 || !record_slots.empty());
     static const std::vector<int32_t> none;
     std::vector<UbatchPlan> plans;
-    if (steer || record) {  // plans first: a bad row list throws before any state changes
+    if (steer || record) {
         plans = plan_ubatches(batch.n_tokens, n_ubatch_, batch.logits, steer ? steer_rows : none,
                               record ? record_rows : none);
     }
+    for (int32_t s : record ? record_slots : none) {
+        slot(s);
+    }
+    steer_configs_ = steer_configs.empty() ? std::vector<int32_t>(steer_rows.size(), 0) : steer_configs;
+    record_slots_  = record_slots;
     failed_     = false;
     error_.clear();
     ubatch_     = -1;
@@ -369,9 +432,10 @@ bool Engine::on_node(ggml_tensor * t, bool ask) {
 
 bool Engine::wanted(const ggml_tensor * t, Site site, int32_t il) const {
     const UbatchPlan & ub = plans_[size_t(ubatch_)];
-    if (steer_now_ && steers(site, il)) {
+    if (steer_now_) {
         for (const Target & tg : ub.steer) {
-            if (tensor_row(ub, tg, t->ne[1]) != row_absent) {
+            if (configs_[size_t(steer_configs_[size_t(tg.slot)])].steers(site, il) &&
+                tensor_row(ub, tg, t->ne[1]) != row_absent) {
                 return true;
             }
         }
@@ -428,21 +492,26 @@ bool Engine::process(ggml_tensor * t, Site site, int32_t il) {
                 const int64_t slot = capture_base_ + tg.slot;
                 std::memcpy(captured_[size_t(site)].data() + (slot * shape_.n_layer + il) * width, x, row_bytes);
             }
-            if (acc_slot_ >= 0) {
-                Accumulator & acc = slots_[size_t(acc_slot_)];
+            const int32_t to = record_slots_.empty() ? acc_slot_ : record_slots_[size_t(tg.slot)];
+            if (to >= 0) {
+                Accumulator & acc = slots_[size_t(to)];
                 accumulate_row(acc.sums[size_t(site)].data() + int64_t(il) * width, x, width);
                 acc.counts[size_t(site)][size_t(il)] += 1;
             }
         }
     }
-    if (steer_now_ && steers(site, il)) {
-        const std::vector<float> & add = adds_[size_t(site)][size_t(il)];
+    if (steer_now_) {
         for (const Target & tg : ub.steer) {
+            const Config & c = configs_[size_t(steer_configs_[size_t(tg.slot)])];
+            if (!c.steers(site, il)) {
+                continue;
+            }
             float * x = row_of(tg);
             if (x == nullptr) {
                 continue;
             }
-            scale_ranges(x, ranges_[size_t(site)][size_t(il)], delta_);
+            const std::vector<float> & add = c.adds[size_t(site)][size_t(il)];
+            scale_ranges(x, c.ranges[size_t(site)][size_t(il)], c.delta);
             if (!add.empty()) {
                 add_row(x, add.data(), width);
             }

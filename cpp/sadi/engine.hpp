@@ -1,9 +1,11 @@
 // The steering engine: one per llama_context, handed to llama.cpp as the eval callback's user_data.
 //
-// Per decode the caller says which batch rows to read (record) and which to scale (steer); the
-// engine maps them onto the rows of each ubatch's graph, asks the scheduler only for the site nodes
-// that hold such a row, and reads or edits them in place (host buffers) or through
-// ggml_backend_tensor_get/set (device buffers). The callback never throws: it records the first
+// Per decode the caller says which batch rows to read (record) and which to scale (steer), and
+// with which steering configuration each steered row is edited: several configurations live in
+// the engine at once (configuration 0 always exists), so one decode can hold rows of many. The
+// engine maps the rows onto the rows of each ubatch's graph, asks the scheduler only for the site
+// nodes that hold a row some configuration changes there, and reads or edits them in place (host
+// buffers) or through ggml_backend_tensor_get/set (device buffers). The callback never throws: it records the first
 // error, cancels the rest of the compute and the caller collects the error with end_decode().
 #pragma once
 
@@ -21,6 +23,18 @@ struct ggml_tensor;
 struct llama_batch;
 
 namespace sadi {
+
+// One steering configuration: a' = a + delta * a on the masked unit ranges, then + the added
+// vector, per (site, layer).
+struct Config {
+    float delta = 0.0f;
+    std::array<std::vector<std::vector<Range>>, n_sites> ranges;  // [site][layer]
+    std::array<std::vector<std::vector<float>>, n_sites> adds;    // [site][layer], empty: none
+
+    // True when this configuration changes (site, layer): masked units and delta != 0, or a vector.
+    bool steers(Site site, int32_t il) const;
+    bool any() const;
+};
 
 class Engine {
 public:
@@ -46,16 +60,22 @@ public:
     // The node that feeds ffn_down in layer il, e.g. "ffn_geglu-3".
     std::string neuron_node(int32_t il) const;
 
-    // Steering: the masked units of each (site, layer) and the factor delta.
-    void set_mask(Site site, int32_t il, const std::vector<int32_t> & units);
-    void clear_mask();
-    void set_delta(float delta) { delta_ = delta; }
-    float delta() const { return delta_; }
+    // Configurations: 0 always exists; new_config() makes an empty one and returns its id (ids of
+    // freed configurations are reused); free_config(id) empties and releases it (not 0).
+    int32_t new_config();
+    void free_config(int32_t config);
+    int32_t n_configs() const { return int32_t(configs_.size()); }
+
+    // Steering of one configuration: the masked units of each (site, layer) and the factor delta.
+    void set_mask(int32_t config, Site site, int32_t il, const std::vector<int32_t> & units);
+    void clear_mask(int32_t config);
+    void set_delta(int32_t config, float delta) { live(config).delta = delta; }
+    float delta(int32_t config) const { return live(config).delta; }
     // A vector [width] added to the steered rows of (site, layer) after the scaling; empty removes it.
-    void set_add(Site site, int32_t il, const std::vector<float> & values);
-    void clear_adds();
-    // True when steering would change anything: some unit masked and delta != 0, or a vector to add.
-    bool steering() const;
+    void set_add(int32_t config, Site site, int32_t il, const std::vector<float> & values);
+    void clear_adds(int32_t config);
+    // True when the configuration would change anything: some unit masked and delta != 0, or a vector to add.
+    bool steering(int32_t config) const { return live(config).any(); }
 
     // Recording: which sites, and what to keep of each recorded row.
     void set_record(Site site, bool on);
@@ -73,9 +93,12 @@ public:
     const std::vector<double> & sums(int32_t slot, Site site) const;
     const std::vector<int64_t> & counts(int32_t slot, Site site) const;
 
-    // Brackets one llama_decode of `batch`. Rows are batch rows, sorted and unique.
+    // Brackets one llama_decode of `batch`. Rows are batch rows, sorted and unique. steer_configs[i]
+    // is the configuration of steer_rows[i] (empty: configuration 0 for every row); record_slots[i]
+    // the accumulator slot of record_rows[i] (empty: the slot set by set_accumulate_slot).
     void begin_decode(const llama_batch & batch, const std::vector<int32_t> & steer_rows,
-                      const std::vector<int32_t> & record_rows);
+                      const std::vector<int32_t> & record_rows, const std::vector<int32_t> & steer_configs = {},
+                      const std::vector<int32_t> & record_slots = {});
     // Ends the decode; returns the error the callback met, or "" when all went well.
     std::string end_decode();
 
@@ -89,7 +112,9 @@ private:
     void probe_node(const ggml_tensor * t);
     int site_of(const ggml_tensor * t, const NodeName & nn) const;
     bool wanted(const ggml_tensor * t, Site site, int32_t il) const;
-    bool steers(Site site, int32_t il) const;
+    Config & live(int32_t config);
+    const Config & live(int32_t config) const;
+    Accumulator & slot(int32_t index);
     bool process(ggml_tensor * t, Site site, int32_t il);
     void fail(const std::string & msg);
 
@@ -105,9 +130,8 @@ private:
     std::string probe_error_;
 
     // steering
-    std::array<std::vector<std::vector<Range>>, n_sites> ranges_;  // [site][layer]
-    float delta_ = 0.0f;
-    std::array<std::vector<std::vector<float>>, n_sites> adds_;  // [site][layer], empty: none
+    std::vector<Config> configs_;
+    std::vector<char> config_free_;  // per configuration: released by free_config
 
     // recording
     std::array<bool, n_sites> record_{};
@@ -123,6 +147,8 @@ private:
     bool record_now_ = false;
     int64_t capture_base_ = 0;
     std::vector<UbatchPlan> plans_;
+    std::vector<int32_t> steer_configs_;  // per steer target slot
+    std::vector<int32_t> record_slots_;   // per record target slot; empty: acc_slot_
     int32_t ubatch_ = -1;
     bool failed_ = false;
     std::string error_;
