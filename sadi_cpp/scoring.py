@@ -1,10 +1,12 @@
 """Log-likelihood scoring of multiple-choice items under several steering configurations.
 
-For each item the prompt is evaluated once up to its second-to-last token; each configuration
-then evaluates the last prompt token (the one the default policy steers) and each choice's
-tokens as a continuation. So a grid of N configurations costs one prompt evaluation plus about
-N single-token decodes per item, not N prompt evaluations (``positions="all"`` re-evaluates
-the whole prompt for each configuration, as it must)::
+Each choice is scored as the summed log-probability of its tokens after the prompt. By default
+(sadi_cpp.scoring_batched) every configuration is an engine configuration bound to its own
+sequences, and one decode holds several items' prompts (once each), every configuration's last
+prompt token and every choice's continuation. The reference way (``batched=False``): the prompt
+evaluated once up to its second-to-last token, then per configuration the last prompt token (the
+one the default policy steers) alone and each choice as a continuation, one configuration at a
+time (``positions="all"`` re-evaluates the whole prompt for each configuration, as it must)::
 
     hook = sadi_cpp.load()
     scores = score_items(hook, read_mc("sst2-dev.jsonl"), [BASELINE, sadi(mask.units(), 9.0)])
@@ -14,7 +16,7 @@ the whole prompt for each configuration, as it must)::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -23,6 +25,7 @@ from sadi_cpp.hook import Hook
 from sadi_cpp.interventions import Intervention
 from sadi_cpp.mcdata import MCItem
 from sadi_cpp.positions import DEFAULT_POLICY, check_policy
+from sadi_cpp.scoring_batched import score_batched
 
 
 @dataclass
@@ -97,18 +100,35 @@ def score_items(
     configs: Sequence[Intervention],
     positions: str = DEFAULT_POLICY,
     progress: Optional[Callable[[int], None]] = None,
+    batched: bool = True,
 ) -> Scores:
-    """Score every choice of every item under every configuration (see the module docstring)."""
+    """Score every choice of every item under every configuration.
+
+    ``batched=True`` (default): many configurations and items per decode (sadi_cpp.scoring_batched).
+    ``batched=False``: one configuration at a time through the hook's ordinary steering (the
+    module docstring's way; kept as the reference the batched path is checked against). The two
+    differ only by rounding: llama.cpp's results depend a little on how rows are grouped into
+    decodes (docs/eval.md)."""
     check_policy(positions)
     if not items:
         raise BadInputError("no items to score")
     n_choices = max(len(it.choices) for it in items)
     logprob = np.full((len(configs), len(items), n_choices), np.nan)
     n_tokens = np.ones((len(items), n_choices))
-    for i, item in enumerate(items):
-        prompt, conts = _tokens(hook, item)
+    tokens = [_tokens(hook, item) for item in items]  # every item checked before any decode
+    for i, (_, conts) in enumerate(tokens):
         for j, c in enumerate(conts):
             n_tokens[i, j] = len(c)
+    if batched:
+        score_batched(hook, tokens, configs, positions, logprob, _log_normalizer, progress)
+    else:
+        _score_sequential(hook, tokens, configs, positions, logprob, progress)
+    return Scores([cfg.name for cfg in configs], logprob, n_tokens, np.array([it.label for it in items]))
+
+
+def _score_sequential(hook: Hook, tokens: Sequence[Tuple[List[int], List[List[int]]]], configs: Sequence[Intervention],
+                      positions: str, logprob: np.ndarray, progress: Optional[Callable[[int], None]]) -> None:
+    for i, (prompt, conts) in enumerate(tokens):
         # Every configuration sees the prompt split the same way: all but the last token in one
         # decode, then the last token alone. llama.cpp's logits depend on the split (docs/eval.md).
         prefix_ready = False
@@ -126,4 +146,3 @@ def score_items(
                 logprob[c, i, : len(conts)] = _score_choices(hook, prompt, conts)
         if progress is not None:
             progress(1)
-    return Scores([cfg.name for cfg in configs], logprob, n_tokens, np.array([it.label for it in items]))

@@ -61,15 +61,53 @@ def test_choice_logprobs_match_oracle(tiny, make_llama, positions):
 
 
 def test_delta_zero_is_the_baseline_bit_for_bit_and_order_does_not_matter(tiny, make_llama):
+    """The reference path: one configuration at a time, every one seeing the same decode split."""
     hook = sadi_cpp.attach(make_llama())
     mask = head_mask(tiny)
     configs = [BASELINE, sadi({"head": mask}, 0.0), sadi({"head": mask}, 3.0), Intervention("empty")]
-    scores = score_items(hook, ITEMS, configs)
+    scores = score_items(hook, ITEMS, configs, batched=False)
     assert np.array_equal(scores.logprob[0], scores.logprob[1], equal_nan=True)
     assert np.array_equal(scores.logprob[0], scores.logprob[3], equal_nan=True)
-    backwards = score_items(hook, ITEMS[::-1], configs[::-1])
+    backwards = score_items(hook, ITEMS[::-1], configs[::-1], batched=False)
     assert np.array_equal(backwards.logprob[::-1, ::-1], scores.logprob, equal_nan=True)
     assert not hook.steers  # scoring leaves the hook unsteered
+
+
+@pytest.mark.parametrize("positions", ["last", "last+generated", "all"])
+def test_batched_scoring_equals_one_configuration_at_a_time(tiny, make_llama, positions):
+    """Many configurations and items per decode. Rows of one decode are not bit-identical to the
+    same rows elsewhere in it (llama.cpp sums attention over the cache's cells in SIMD lanes, and a
+    sequence's cells sit at other offsets), so the comparison is within f32 rounding."""
+    hook = sadi_cpp.attach(make_llama())
+    mask = head_mask(tiny)
+    neurons = np.zeros((tiny.n_layer, tiny.n_ff), bool)
+    neurons[1, [2, 9]] = True
+    configs = [BASELINE, sadi({"head": mask}, 0.0), sadi({"head": mask}, 3.0), sadi({"neuron": neurons}, -0.7),
+               Intervention("empty")]
+    one_at_a_time = score_items(hook, ITEMS, configs, positions=positions, batched=False)
+    seen = []
+    batched = score_items(hook, ITEMS, configs, positions=positions, progress=seen.append)
+    assert sum(seen) == len(ITEMS)
+    assert_f32_close(batched.logprob, one_at_a_time.logprob)
+    assert_f32_close(batched.logprob[1], batched.logprob[0])  # delta 0: the baseline, to rounding
+    assert np.nanmax(np.abs(batched.logprob[2] - batched.logprob[0])) > 0.01  # the steered ones really differ
+    backwards = score_items(hook, ITEMS[::-1], configs[::-1], positions=positions)
+    assert_f32_close(backwards.logprob[::-1, ::-1], batched.logprob)
+    assert not hook.steers and hook.configs == ()  # its configurations are gone again
+
+
+def test_batched_scoring_splits_decodes_when_the_budget_is_small(tiny, make_llama):
+    """Few sequences and a small batch: items and configurations spread over many decodes."""
+    small = sadi_cpp.attach(make_llama(n_batch=64, n_ubatch=8, n_ctx=64))
+    assert small.n_seq_max == 8  # at most two configurations of a three-choice item per decode
+    configs = [BASELINE] + [sadi({"head": head_mask(tiny)}, d) for d in (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0)]
+    sizes = []
+    decode = small.decode
+    small.decode = lambda rows, logits=(): sizes.append(len(rows)) or decode(rows, logits)
+    got = score_items(small, ITEMS, configs)
+    assert len(sizes) > len(ITEMS) and max(sizes) <= 64  # split, within the budget
+    want = score_items(sadi_cpp.attach(make_llama()), ITEMS, configs, batched=False)
+    assert_f32_close(got.logprob, want.logprob)
 
 
 def test_predictions_sum_and_per_token():
