@@ -7,8 +7,9 @@ negative) for every requested site, so memory does not grow with the number of p
 Two ways to evaluate the texts:
 
 - ``batched=True`` (default): many pairs per decode, one sequence per text, and the tokens a
-  pair's two texts share (the prompt) evaluated once and copied to the second sequence in the KV
-  cache. Several times faster (docs/benchmarks.md).
+  pair's two texts share (the prompt) evaluated once, as rows of both sequences; each text's last
+  token recorded into its own accumulator slot, all in one decode. Several times faster
+  (docs/benchmarks.md).
 - ``batched=False``: each text alone from an empty cache, the plain llama-cpp-python way.
 
 Both read the same rows; the numbers differ only by floating-point rounding, because llama.cpp's
@@ -20,12 +21,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Optional, Sequence, Union
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 
 import numpy as np
 
 from sadi_cpp.errors import BadInputError
-from sadi_cpp.hook import Hook
+from sadi_cpp.hook import BatchRow, Hook
 from sadi_cpp.pairs import Pair, as_pairs, file_sha256, read_pairs
 from sadi_cpp.recording import Recording
 from sadi_cpp.sites import RECORD_SITES, check_site
@@ -132,29 +133,23 @@ class _Batcher:
         self.used += cost
         return True
 
-    def _decode(self, rows: list, record: bool) -> None:
-        """rows: (token, pos, seq); the last row of each sequence is recorded when ``record``."""
-        last = {seq: i for i, (_, _, seq) in enumerate(rows)}
-        self.hook.decode_rows(rows, sorted(last.values()) if record else [])
-
     def flush(self, rec: Recording) -> None:
+        """One decode for the queued pairs: each pair's shared prompt once, in both of its
+        sequences (2k positive, 2k+1 negative), then each text's own tokens; the last token of a
+        positive text is added to accumulator slot 0, of a negative text to slot 1."""
         if not self.pending:
             return
-        hook = self.hook
-        hook.kv_clear()
+        rows: List[BatchRow] = []
+        for k, (pre, pos_tail, neg_tail) in enumerate(self.pending):
+            rows += [BatchRow(t, p, (2 * k, 2 * k + 1)) for p, t in enumerate(pre)]
+            for slot, tail in ((0, pos_tail), (1, neg_tail)):
+                rows += [BatchRow(t, len(pre) + p, (2 * k + slot,), record=slot if p == len(tail) - 1 else -1)
+                         for p, t in enumerate(tail)]
+        self.hook.kv_clear()
         try:
-            shared = [(t, p, 2 * k) for k, (pre, _, _) in enumerate(self.pending) for p, t in enumerate(pre)]
-            if shared:
-                self._decode(shared, record=False)
-                for k, (pre, _, _) in enumerate(self.pending):
-                    if pre:
-                        hook.kv_copy(2 * k, 2 * k + 1, 0, len(pre))
-            for slot in (0, 1):
-                rec.set_slot(slot)
-                rows = [(t, len(pre) + p, 2 * k + slot) for k, (pre, *tails) in enumerate(self.pending) for p, t in enumerate(tails[slot])]
-                self._decode(rows, record=True)
+            self.hook.decode(rows)
         finally:
-            hook.kv_clear()
+            self.hook.kv_clear()
         if self.progress is not None:
             self.progress(len(self.pending))
         self.pending, self.used = [], 0

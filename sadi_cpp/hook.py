@@ -33,7 +33,7 @@ from sadi_cpp._runtime import load_core
 from sadi_cpp.errors import BadInputError, LlamaError, SadiError, SteeringError, UnsupportedModelError
 from sadi_cpp.models import resolve_model
 from sadi_cpp.positions import DEFAULT_POLICY, PositionTracker, check_policy
-from sadi_cpp.recording import Recording
+from sadi_cpp.recording import MAX_SLOTS, Recording
 from sadi_cpp.sites import RECORD_SITES, SITES, Shape, check_adds, check_site, masks_to_units
 
 _core = load_core()
@@ -45,12 +45,15 @@ MAX_DELTA = 1e4
 
 
 class BatchRow(NamedTuple):
-    """One row of :meth:`Hook.decode`: a token at a position in one or more sequences."""
+    """One row of :meth:`Hook.decode`: a token at a position in one or more sequences; ``steer``:
+    edit it with its sequence's configuration; ``record``: the accumulator slot an active
+    recording adds it to (-1: not recorded)."""
 
     token: int
     pos: int
     seqs: Tuple[int, ...]
     steer: bool = False
+    record: int = -1
 
 
 def _one_thread(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -88,13 +91,16 @@ class HookedContext(internals.LlamaContext):
         if steer_rows:
             track.mark_steered(b.pos[steer_rows[0]])
 
-    def decode_rows(self, batch: Any, steer_rows: List[int], record_rows: List[int], steer_configs: Sequence[int] = ()) -> None:
+    def decode_rows(self, batch: Any, steer_rows: List[int], record_rows: List[int], steer_configs: Sequence[int] = (),
+                    record_slots: Sequence[int] = ()) -> None:
         """llama_decode a native batch with the engine steering and recording the given rows
-        (steer_configs: each steered row's configuration; none given: configuration 0)."""
+        (steer_configs: each steered row's configuration, none given: configuration 0;
+        record_slots: each recorded row's accumulator slot, none given: the recording's slot)."""
         with self._hook._exclusive():
-            self._decode_rows(batch, steer_rows, record_rows, list(steer_configs))
+            self._decode_rows(batch, steer_rows, record_rows, list(steer_configs), list(record_slots))
 
-    def _decode_rows(self, batch: Any, steer_rows: List[int], record_rows: List[int], steer_configs: List[int]) -> None:
+    def _decode_rows(self, batch: Any, steer_rows: List[int], record_rows: List[int], steer_configs: List[int],
+                     record_slots: List[int]) -> None:
         # Recorded rows become output rows for this decode, so that layers which keep output rows
         # only (the last one) still hold them. Sampling reads the last output, which stays last.
         flags = batch.logits
@@ -102,7 +108,7 @@ class HookedContext(internals.LlamaContext):
         for r in extra:
             flags[r] = 1
         try:
-            self.engine.begin_decode(ctypes.addressof(batch), steer_rows, record_rows, steer_configs)
+            self.engine.begin_decode(ctypes.addressof(batch), steer_rows, record_rows, steer_configs, record_slots)
             rc = llama_cpp.llama_decode(self.ctx, batch)
             error = self.engine.end_decode()
         finally:
@@ -439,12 +445,13 @@ class Hook:
         """One llama_decode of ``rows``; returns the logits [len(logits), n_vocab] of the rows
         whose indices ``logits`` lists (ascending).
 
-        A row is (token, position, sequence ids, steer). A row that belongs to several sequences
-        (a shared prompt) has its KV entry in all of them. A row with ``steer`` set is edited with
-        the configuration bound to its first sequence (:meth:`bind`); unbound sequences, and rows
-        without the flag, are computed unsteered. Rows of many configurations may share a decode:
-        each sees its own configuration only. The KV cache is the caller's between
-        :meth:`kv_clear` calls; sequences are 0..n_seq_max-1."""
+        A row is a :class:`BatchRow`. A row that belongs to several sequences (a shared prompt) has
+        its KV entry in all of them. A row with ``steer`` set is edited with the configuration
+        bound to its first sequence (:meth:`bind`); unbound sequences, and rows without the flag,
+        are computed unsteered. Rows of many configurations may share a decode: each sees its own
+        configuration only. Inside :meth:`recording`, a row with ``record`` >= 0 is read into that
+        accumulator slot. The KV cache is the caller's between :meth:`kv_clear` calls; sequences
+        are 0..n_seq_max-1."""
         self._live()
         n = len(rows)
         if not 0 < n <= self.llm.n_batch:
@@ -456,7 +463,10 @@ class Hook:
         b.n_tokens = n
         steer_rows: List[int] = []
         steer_configs: List[int] = []
-        for i, (tok, pos, seqs, steer) in enumerate(rows):
+        record_rows: List[int] = []
+        record_slots: List[int] = []
+        recording = self._track.record_policy is not None
+        for i, (tok, pos, seqs, steer, record) in enumerate(rows):
             if not 1 <= len(seqs) <= self.n_seq_max or not all(0 <= s < self.n_seq_max for s in seqs):
                 raise BadInputError(f"row {i}: sequence ids must be 1..{self.n_seq_max} ids in 0..{self.n_seq_max - 1}, got {seqs}")
             b.token[i], b.pos[i], b.n_seq_id[i], b.logits[i] = tok, pos, len(seqs), 0
@@ -465,9 +475,14 @@ class Hook:
             if steer and seqs[0] in self._bound:
                 steer_rows.append(i)
                 steer_configs.append(self._bound[seqs[0]])
+            if recording and record >= 0:
+                if record >= MAX_SLOTS:
+                    raise BadInputError(f"row {i}: accumulator slot {record} is outside 0..{MAX_SLOTS - 1}")
+                record_rows.append(i)
+                record_slots.append(record)
         for i in outputs:
             b.logits[i] = 1
-        self._ctx.decode_rows(b, steer_rows, [], steer_configs)
+        self._ctx.decode_rows(b, steer_rows, record_rows, steer_configs, record_slots)
         out = np.empty((len(outputs), self.llm.n_vocab()), np.float32)
         for k, i in enumerate(outputs):
             out[k] = np.ctypeslib.as_array(self._ctx.get_logits_ith(i), shape=(self.llm.n_vocab(),))
@@ -567,35 +582,11 @@ class Hook:
             self._ctx.kv_cache_seq_rm(-1, n0, -1)
 
     @_one_thread
-    def decode_rows(self, rows: Sequence[Tuple[int, int, int]], record_rows: Sequence[int] = ()) -> None:
-        """Decode ``rows`` of (token, position, sequence id) in one llama_decode, unsteered, with
-        no logits; an active recording reads ``record_rows`` (row indices, ascending).
-
-        The caller owns the KV cache between :meth:`kv_clear` calls (see sadi_cpp.contrast)."""
-        self._live()
-        n = len(rows)
-        if not 0 < n <= self.llm.n_batch:
-            raise BadInputError(f"a decode holds 1..{self.llm.n_batch} rows, got {n}")
-        b = self._native_batch()
-        b.n_tokens = n
-        for i, (tok, pos, seq) in enumerate(rows):
-            if not 0 <= seq < self.n_seq_max:
-                raise BadInputError(f"sequence id {seq} is outside 0..{self.n_seq_max - 1}")
-            b.token[i], b.pos[i], b.n_seq_id[i], b.seq_id[i][0], b.logits[i] = tok, pos, 1, seq, 0
-        self._ctx.decode_rows(b, [], list(record_rows) if self._track.record_policy is not None else [])
-
-    @_one_thread
     def kv_clear(self) -> None:
         """Empty the KV cache (every sequence) and forget the Llama's cached tokens."""
         self._live()
         self._ctx.kv_cache_clear()
         self.llm.reset()
-
-    @_one_thread
-    def kv_copy(self, src: int, dst: int, p0: int, p1: int) -> None:
-        """Share sequence ``src``'s KV entries at positions [p0, p1) with sequence ``dst``."""
-        self._live()
-        self._ctx.kv_cache_seq_cp(src, dst, p0, p1)
 
     # ---- the Llama's eval/generate, wrapped ----
 

@@ -13,6 +13,7 @@ from helpers import eval_fresh
 
 import sadi_cpp
 from sadi_cpp import BadInputError, SadiError
+from sadi_cpp.hook import BatchRow
 
 PROMPT = [1, 5, 6, 7, 8, 9]
 
@@ -118,4 +119,4 @@ def test_misuse_errors_are_project_errors(make_llama):
     hook = sadi_cpp.attach(make_llama())
     hook.detach()
     with pytest.raises(SadiError):
-        hook.decode_rows([(1, 0, 0)])
+        hook.decode([BatchRow(1, 0, (0,))])
