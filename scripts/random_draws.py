@@ -53,7 +53,7 @@ def main() -> None:
     for split, spec, n in (("dev", dv, args.n_dev), ("test", te, args.n_test)):
         items = load(args.data, args.task, spec, n)
         t0 = time.perf_counter()
-        correct = score_items(hook, items, configs).correct()
+        correct = score_items(hook, items, configs, batched=False).correct()
         log(f"{split}: {len(items)} items x {len(configs)} configurations in {time.perf_counter() - t0:.0f} s")
         acc = correct.mean(axis=1)
         draws = correct[2:]

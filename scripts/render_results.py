@@ -295,7 +295,10 @@ def render(results: Path, extra_path: Path) -> str:
              "picks SADI's best site, whose units and K the fixed-vector and random ablations reuse (fixed tunes its scale on dev; "
              "random keeps SADI's K and delta, seeds 0-2). Test: every method once on the same items, steering the last prompt "
              "token, accuracy by the choices' summed log-probability. Intervals: paired percentile bootstrap, 2000 resamples; "
-             "`*` marks a difference whose interval excludes 0.", "",
+             "`*` marks a difference whose interval excludes 0. Scoring: one configuration at a time (`score_items(..., "
+             "batched=False)`, what sadi-cpp did when these runs were made; the scripts keep it so that they reproduce "
+             "these numbers; `tune` and `eval` now score in batches, which moves a few answers by rounding: "
+             "docs/benchmarks.md, section 6).", "",
              "## Summary (test accuracy, %)", ""] + summary(paper) + ["", "## Findings", ""] + findings(paper) + [""]
     extra = json.loads(extra_path.read_text()) if extra_path.is_file() else None
     if "sst2" in tasks:

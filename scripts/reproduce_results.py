@@ -106,7 +106,7 @@ def run_task(hook: sadi_cpp.Hook, data: Path, task: str, n_train: int, n_dev: in
         cells += [(method, site, r, c) for r in rows for c in cols]
     configs = [BASELINE] + [config_for(hook, contrast, m, s, r, c) for m, s, r, c in cells]
     t0 = time.perf_counter()
-    acc = score_items(hook, dev, configs).correct().mean(axis=1)
+    acc = score_items(hook, dev, configs, batched=False).correct().mean(axis=1)
     log(f"{task}: dev grid of {len(cells)} cells in {time.perf_counter() - t0:.0f} s")
     best: Dict[str, Any] = {}
     for key in SITES + ("caa",):
@@ -120,7 +120,7 @@ def run_task(hook: sadi_cpp.Hook, data: Path, task: str, n_train: int, n_dev: in
     mask = select_top_k(contrast.units(hook, best_site), int(b["row"]))
     _, alphas = grid("fixed", best_site, hook.shape.n_layer, wide)
     fixed_cfgs = [fixed(hook, best_site, mask, contrast.diffs[best_site], a, name=f"fixed:{a:g}") for a in alphas]
-    facc = score_items(hook, dev, [BASELINE] + fixed_cfgs).correct().mean(axis=1)[1:]
+    facc = score_items(hook, dev, [BASELINE] + fixed_cfgs, batched=False).correct().mean(axis=1)[1:]
     fj = int(np.argmax(facc))
     best["fixed"] = {"row": b["row"], "col": alphas[fj], "dev": float(facc[fj]), "site": best_site}
 
@@ -138,7 +138,7 @@ def run_task(hook: sadi_cpp.Hook, data: Path, task: str, n_train: int, n_dev: in
     tests.append(config_for(hook, contrast, "caa", "residual", best["caa"]["row"], best["caa"]["col"]))
     names.append("caa")
     t0 = time.perf_counter()
-    scores = score_items(hook, test, tests)
+    scores = score_items(hook, test, tests, batched=False)
     log(f"{task}: test, {len(test)} items x {len(tests)} methods in {time.perf_counter() - t0:.0f} s")
     correct = scores.correct()
     preds = scores.predictions()
@@ -163,10 +163,10 @@ def copa_diagnostics(hook: sadi_cpp.Hook, data: Path, scores: Any, test: List[MC
     and the same items scored as a cloze (premise + because/so + the choice itself)."""
     lp = scores.logprob[0, :, :2]
     cloze = load(data, "copa-cloze", ("copa/test.jsonl", 0), len(test))
-    cs = score_items(hook, cloze, [BASELINE])
+    cs = score_items(hook, cloze, [BASELINE], batched=False)
     # the same letter prompt, the letters without the space the reference code puts before them
     bare = [MCItem(it.prompt, ("A", "B"), it.label) for it in test]
-    bs = score_items(hook, bare, [BASELINE])
+    bs = score_items(hook, bare, [BASELINE], batched=False)
     return {
         "bare_letters_accuracy": float(bs.correct()[0].mean()),
         "bare_letters_A_share": float((bs.predictions()[0] == 0).mean()),

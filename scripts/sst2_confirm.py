@@ -62,7 +62,7 @@ def main() -> None:
 
     items = load(args.data, "sst2", FRESH, args.n)
     t0 = time.perf_counter()
-    scores = score_items(hook, items, configs)
+    scores = score_items(hook, items, configs, batched=False)
     log(f"{len(items)} fresh items x {len(configs)} configurations in {time.perf_counter() - t0:.0f} s")
     correct = scores.correct().astype(float)
     s = correct[names.index(f"sadi-{site}")]

@@ -106,7 +106,7 @@ def main() -> None:
                     cells.append({"site": site, "k": k, "delta": d})
                     configs.append(sadi({site: mask}, d, name=f"{site}:{k}:{d:g}"))
         t0 = time.perf_counter()
-        scores = score_items(hook, dev, configs)
+        scores = score_items(hook, dev, configs, batched=False)
         log(f"{n_train} pairs: {len(configs)} configurations x {len(dev)} dev items in {time.perf_counter() - t0:.0f} s")
         # each configuration's answer per dev item, as a string of choice indices (row 0: baseline)
         preds = ["".join(map(str, p)) for p in scores.predictions()]
