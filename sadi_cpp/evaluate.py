@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -17,6 +18,15 @@ from sadi_cpp.mcdata import MCItem, read_mc
 from sadi_cpp.positions import DEFAULT_POLICY
 from sadi_cpp.scoring import score_items
 from sadi_cpp.stats import Paired, paired
+from sadi_cpp.verdict import AnswerBias, answer_bias
+
+
+@dataclass
+class Evaluation(Paired):
+    """The paired comparison, plus how the answers spread over the choices either way."""
+
+    base_answers: Optional[AnswerBias] = None
+    answers: Optional[AnswerBias] = None
 
 
 def evaluate(
@@ -26,9 +36,13 @@ def evaluate(
     positions: str = DEFAULT_POLICY,
     normalize: bool = False,
     progress: Optional[Callable[[int], None]] = None,
-) -> Paired:
+) -> Evaluation:
     """Score ``data`` (a multiple-choice JSONL path or items) unsteered and under ``steering``;
     return the paired comparison (accuracies, difference, 95% bootstrap intervals, flips)."""
     items = read_mc(data) if isinstance(data, (str, Path)) else list(data)
-    correct = score_items(hook, items, [BASELINE, steering], positions=positions, progress=progress).correct(normalize)
-    return paired(correct[0], correct[1])
+    scores = score_items(hook, items, [BASELINE, steering], positions=positions, progress=progress)
+    correct = scores.correct(normalize)
+    predictions = scores.predictions(normalize)
+    n_choices = scores.logprob.shape[2]
+    return Evaluation(**vars(paired(correct[0], correct[1])), base_answers=answer_bias(predictions[0], n_choices),
+                      answers=answer_bias(predictions[1], n_choices))

@@ -13,6 +13,7 @@ the same tokens; ``positions="all"`` is how llama.cpp applies a control vector.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ContextManager, Dict, Optional, Tuple
@@ -25,6 +26,15 @@ from sadi_cpp.hook import Hook
 from sadi_cpp.mask import SadiMask
 
 METHODS = ("sadi", "fixed", "random", "caa")
+FIXED_ALPHAS = (1.0, 2.0, 5.0, 10.0, 20.0)  # the scales tune tries for the fixed and CAA vectors
+
+
+def tuned_fixed_alpha(tuned: str) -> Optional[float]:
+    """The fixed baseline's scale that tune chose on dev, from a mask's ``sadi.tuned`` JSON."""
+    try:
+        return float(json.loads(tuned)["fixed"]["alpha"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 @dataclass
@@ -84,18 +94,24 @@ def one_layer(directions: np.ndarray, layer: int) -> np.ndarray:
 
 
 def from_files(
-    hook: Hook, method: str, mask_path: Optional[Path], cvec_path: Optional[Path], scale: Optional[float],
-    top_k: Optional[int], seed: int,
+    hook: Hook, method: str, mask_path: Optional[Path], cvec_path: Optional[Path], delta: Optional[float],
+    alpha: Optional[float], top_k: Optional[int], seed: int,
 ) -> Tuple[Intervention, Dict[str, Any]]:
     """The intervention ``eval`` compares with the baseline: ``method`` on a mask sidecar (sadi,
-    fixed, random) or a control vector (caa); ``scale`` is delta (sadi, random; default the mask's)
-    or alpha (fixed, caa; default 1). Returns it with a description for reports."""
+    fixed, random) or a control vector (caa). ``delta`` scales sadi and random (default: the
+    mask's); ``alpha`` the added vector of fixed (default: the scale tune chose for it on the same
+    dev items, kept in the mask's ``sadi.tuned`` record) and caa (default 1: the vector as stored;
+    tune --method caa stores it with its tuned scale). Returns it with a description for reports."""
     if (mask_path is None) == (cvec_path is None):
         raise BadInputError("give exactly one of --mask (SADI, fixed, random) or --cvec (CAA control vector)")
+    scales_delta = method in ("sadi", "random") and cvec_path is None
+    if (delta is not None and not scales_delta) or (alpha is not None and scales_delta):
+        raise BadInputError(f"--method {'caa' if cvec_path is not None else method} takes "
+                            f"{'--delta' if scales_delta else '--alpha (the scale of the added vector)'}")
     if cvec_path is not None:
         if method not in ("sadi", "caa"):
             raise BadInputError(f"--method {method} needs --mask; a control vector is evaluated as caa")
-        alpha = 1.0 if scale is None else scale
+        alpha = 1.0 if alpha is None else alpha
         dirs = read_cvec(cvec_path, hook.shape.n_layer, hook.shape.n_embd)
         return caa(hook, dirs, alpha), {"method": "caa", "cvec": str(cvec_path), "alpha": alpha}
     assert mask_path is not None
@@ -105,15 +121,21 @@ def from_files(
         m = m.with_top_k(top_k)
     info: Dict[str, Any] = {"method": method, "mask": str(mask_path), "site": m.site, "top_k": m.top_k}
     if method == "sadi":
-        d = m.delta if scale is None else scale
+        d = m.delta if delta is None else delta
         return sadi(m.units(), d), dict(info, delta=d)
     if method == "random":
-        d = m.delta if scale is None else scale
-        return random_units(hook, m.site, m.top_k, d, seed=seed), dict(info, delta=d, seed=seed)
+        d = m.delta if delta is None else delta
+        iv = random_units(hook, m.site, m.top_k, d, seed=seed)
+        units = np.argwhere(iv.mask[m.site]).tolist() if iv.mask else []
+        return iv, dict(info, delta=d, seed=seed, units=[{"layer": int(l), "unit": int(u)} for l, u in units])
     if method == "fixed":
         values = m.value_table()
         if values is None:
             raise BadInputError(f"{mask_path}: this head mask stores no per-value differences (made by an older sadi-cpp); rebuild it")
-        alpha = 1.0 if scale is None else scale
+        if alpha is None:
+            alpha = tuned_fixed_alpha(m.tuned)
+            if alpha is None:
+                raise BadInputError(f"{mask_path}: no tuned scale for the fixed baseline in this mask (tune writes one); "
+                                    f"give --alpha, e.g. one of tune's grid {', '.join(f'{a:g}' for a in FIXED_ALPHAS)}")
         return fixed(hook, m.site, m.mask, values, alpha), dict(info, alpha=alpha)
     raise BadInputError(f"unknown method '{method}' with --mask: use sadi, fixed or random")

@@ -22,9 +22,10 @@ from sadi_cpp.contrast import Contrast, mean_differences
 from sadi_cpp.errors import BadInputError
 from sadi_cpp.fingerprint import fingerprint_mismatch, model_fingerprint
 from sadi_cpp.hook import Hook
-from sadi_cpp.pairs import Pair
+from sadi_cpp.pairs import Pair, file_sha256, read_pairs
 from sadi_cpp.positions import POLICIES
 from sadi_cpp.sites import DEFAULT_DELTA, DEFAULT_TOP_K, SITES, check_site
+from sadi_cpp.stats_cache import gather
 
 RANK_BY = ("signed", "abs")
 
@@ -169,6 +170,8 @@ class BuildStats:
     n_used: int = 0
     skipped: Dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    cache: Optional[Path] = None  # the statistics' cache file (build_mask(cache=True))
+    reused: bool = False  # the statistics came from the cache
 
 
 def build_mask(
@@ -182,6 +185,7 @@ def build_mask(
     progress: Optional[Callable[[int], None]] = None,
     stats: Optional[BuildStats] = None,
     batched: bool = True,
+    cache: bool = False,
 ) -> SadiMask:
     """SADI steps 1-2 on ``hook``'s model. ``pairs``: a JSONL path or an iterable of Pair/dicts.
 
@@ -189,16 +193,25 @@ def build_mask(
     the engine's streaming accumulators (memory does not grow with the number of pairs). A pair
     longer than the context is skipped and counted, or refused with ``strict``. Multiple-choice
     items count as one pair per wrong choice. ``batched``: many pairs per decode, shared prompts
-    evaluated once (see sadi_cpp.contrast); False evaluates each text alone.
+    evaluated once (see sadi_cpp.contrast); False evaluates each text alone. ``cache``: reuse or
+    keep the statistics on disk (sadi_cpp.stats_cache).
     """
     check_site(site)
     if site not in hook.sites:
         raise BadInputError(hook.site_problem(site))
     top_k = DEFAULT_TOP_K[site] if top_k is None else top_k
     delta = DEFAULT_DELTA[site] if delta is None else delta
-    contrast = mean_differences(hook, pairs, sites=(site,), strict=strict, progress=progress, batched=batched)
+    pairs_hash = ""
+    if isinstance(pairs, (str, Path)):
+        pairs_hash, pairs = file_sha256(pairs), read_pairs(pairs)
+    if cache:
+        contrast, path, reused = gather(hook, pairs, (site,), progress=progress, batched=batched, strict=strict)
+    else:
+        contrast, path, reused = mean_differences(hook, pairs, sites=(site,), strict=strict, progress=progress, batched=batched), None, False
+    contrast.pairs_sha256 = pairs_hash
     if stats is not None:
         stats.n_used, stats.skipped, stats.seconds = contrast.n_used, contrast.skipped, contrast.seconds
+        stats.cache, stats.reused = path, reused
     return mask_from_contrast(hook, contrast, site, top_k, delta, rank_by)
 
 

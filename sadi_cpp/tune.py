@@ -18,14 +18,15 @@ from sadi_cpp.contrast import Contrast
 from sadi_cpp.cvec import default_cvec_path, write_cvec
 from sadi_cpp.errors import BadInputError
 from sadi_cpp.hook import Hook
-from sadi_cpp.interventions import BASELINE, METHODS, Intervention, caa, fixed, one_layer, random_units, sadi
+from sadi_cpp.interventions import BASELINE, FIXED_ALPHAS, METHODS, Intervention, caa, fixed, one_layer, random_units, sadi
 from sadi_cpp.mask import default_mask_path, mask_from_contrast, select_top_k
 from sadi_cpp.mcdata import MCItem
 from sadi_cpp.positions import DEFAULT_POLICY
 from sadi_cpp.scoring import Scores, score_items
 from sadi_cpp.sites import DEFAULT_GRIDS
+from sadi_cpp.verdict import AnswerBias, SelectionCheck, answer_bias, bias_dict, selection_check
 
-ALPHA_GRID = [1.0, 2.0, 5.0, 10.0, 20.0]
+ALPHA_GRID = list(FIXED_ALPHAS)
 
 
 def default_grid(method: str, site: str, n_layer: int) -> tuple:
@@ -50,6 +51,14 @@ class TuneResult:
     normalize: bool
     positions: str
     scores: Optional[Scores] = field(default=None, repr=False)
+    check: Optional[SelectionCheck] = None  # is the best cell better than the baseline, held out?
+    baseline_answers: Optional[AnswerBias] = None
+    best_answers: Optional[AnswerBias] = None
+
+    def cell(self, index: int) -> tuple:
+        """(row, col) of cell ``index`` in row-major order."""
+        r, c = divmod(index, len(self.cols))
+        return self.rows[r], self.cols[c]
 
     @property
     def best(self) -> tuple:
@@ -70,6 +79,12 @@ class TuneResult:
             col_name + "_grid": self.cols, "accuracy": self.accuracy.round(6).tolist(), "baseline": self.baseline,
             "best": {row_name: best[0], col_name: best[1], "accuracy": self.best_accuracy},
             "n_dev": self.n_dev, "normalize": self.normalize, "positions": self.positions,
+            "answers": {"baseline": self.baseline_answers and bias_dict(self.baseline_answers),
+                        "best": self.best_answers and bias_dict(self.best_answers)},
+            "constant_baseline": bool(self.baseline_answers and self.baseline_answers.constant),
+            "check": self.check and dict(self.check.as_dict(), picks=[
+                None if p < 0 else {row_name: self.cell(p)[0], col_name: self.cell(p)[1]} for p in self.check.picks]),
+            "improves": bool(self.check and self.check.improves),
         }
 
 
@@ -114,9 +129,34 @@ def tune(
     configs: List[Intervention] = [BASELINE]
     configs += [config_for(hook, contrast, method, site, r, c, rank_by, seed) for r in rows for c in cols]
     scores = score_items(hook, dev, configs, positions=positions, progress=progress)
-    acc = scores.correct(normalize).mean(axis=1)
-    return TuneResult(method, site, rows, cols, acc[1:].reshape(len(rows), len(cols)), float(acc[0]), len(dev),
-                      normalize, positions, scores)
+    correct = scores.correct(normalize)
+    acc = correct.mean(axis=1)
+    result = TuneResult(method, site, rows, cols, acc[1:].reshape(len(rows), len(cols)), float(acc[0]), len(dev),
+                        normalize, positions, scores)
+    predictions = scores.predictions(normalize)
+    n_choices = scores.logprob.shape[2]
+    result.check = selection_check(correct)
+    result.baseline_answers = answer_bias(predictions[0], n_choices)
+    result.best_answers = answer_bias(predictions[1 + int(np.argmax(acc[1:]))], n_choices)
+    return result
+
+
+def tune_fixed_baseline(
+    hook: Hook,
+    contrast: Contrast,
+    result: TuneResult,
+    dev: Sequence[MCItem],
+    rank_by: str = "signed",
+    progress: Optional[Callable[[int], None]] = None,
+) -> Dict[str, Any]:
+    """The fixed-vector baseline at its best on the same dev items, on the units of SADI's best
+    cell: every scale of ALPHA_GRID scored; the best one is what eval compares with by default."""
+    top_k = int(result.best[0])
+    configs = [config_for(hook, contrast, "fixed", result.site, top_k, a, rank_by) for a in ALPHA_GRID]
+    scores = score_items(hook, dev, configs, positions=result.positions, progress=progress)
+    acc = scores.correct(result.normalize).mean(axis=1)
+    return {"top_k": top_k, "alpha_grid": ALPHA_GRID, "accuracy": acc.round(6).tolist(),
+            "alpha": ALPHA_GRID[int(np.argmax(acc))], "best_accuracy": float(acc.max())}
 
 
 def save_tuned(

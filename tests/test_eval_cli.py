@@ -63,8 +63,8 @@ def test_eval_with_delta_zero_is_the_unsteered_accuracy(tiny_path, mc, tmp_path)
     train, dev = mc
     mask = tmp_path / "m.sadi.gguf"
     run(["build-mask", str(train), str(tiny_path), "--site", "head", "--top-k", "3", "-o", str(mask), "-q"])
-    for method in ("sadi", "fixed", "random"):
-        ev = json.loads(run(["eval", "-m", str(tiny_path), str(dev), "--mask", str(mask), "--method", method, "--delta", "0", "--json"]).stdout)
+    for method, scale in (("sadi", "--delta"), ("fixed", "--alpha"), ("random", "--delta")):
+        ev = json.loads(run(["eval", "-m", str(tiny_path), str(dev), "--mask", str(mask), "--method", method, scale, "0", "--json"]).stdout)
         assert ev["acc"] == ev["base_acc"] and ev["diff"] == 0 and ev["gained"] == ev["lost"] == 0, method
     res = run(["eval", "-m", str(tiny_path), str(dev), "--mask", str(mask), "--delta", "25"])
     assert "unsteered" in res.stdout and "difference" in res.stdout and "answers gained" in res.stdout

@@ -4,15 +4,17 @@ progress bar, option types and small option parsers."""
 from __future__ import annotations
 
 import signal
+import time
 import traceback
 from contextlib import contextmanager
 from functools import wraps
-from typing import Any, Callable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn
 from rich.table import Table
+from rich.text import Text
 from typing_extensions import Annotated
 
 import sadi_cpp
@@ -28,6 +30,17 @@ err = Console(stderr=True)
 
 class _State:
     debug = False
+    kept: List[str] = []  # finished work of the running command that survives an interrupt
+
+
+def note_kept(what: str) -> None:
+    """Say what an interrupt from now on leaves behind on purpose (e.g. cached statistics)."""
+    _State.kept.append(what)
+
+
+def _interrupted(word: str) -> str:
+    kept = "; ".join(_State.kept)
+    return f"{word}; " + (f"kept: {kept}" if kept else "nothing of the unfinished step was written")
 
 
 def _version(value: bool) -> None:
@@ -62,13 +75,14 @@ def errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     @wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
         previous = signal.signal(signal.SIGTERM, _terminate)
+        _State.kept = []
         try:
             return fn(*args, **kwargs)
         except KeyboardInterrupt:
-            err.print("interrupted; no file was written or changed by the unfinished step", highlight=False)
+            err.print(_interrupted("interrupted"), highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
         except Terminated:
-            err.print("terminated; no file was written or changed by the unfinished step", highlight=False)
+            err.print(_interrupted("terminated"), highlight=False, soft_wrap=True)
             raise typer.Exit(143) from None
         except (SadiError, OSError) as e:
             if _State.debug:
@@ -89,22 +103,72 @@ def load_model(model: Optional[str], n_ctx: int, threads: Optional[int]) -> "sad
     return sadi_cpp.load(model, **kwargs)
 
 
+PLAIN_EVERY_SECONDS = 5.0  # a plain progress line at least this often (and at every tenth of the work)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class _TimeColumn(ProgressColumn):
+    """ETA while running, the time taken once done (rich's own column shows 0:00:00 then)."""
+
+    def render(self, task: Any) -> Text:
+        if task.finished:
+            return Text(f"took {_clock(task.finished_time or task.elapsed or 0)}")
+        if task.time_remaining is None:
+            return Text("ETA -")
+        return Text(f"ETA {_clock(task.time_remaining)}")
+
+
 @contextmanager
-def progress_bar(what: str, total: int, hidden: bool) -> Iterator[Callable[[int], None]]:
-    """A bar on stderr with the rate in ``what``/s; yields the function that advances it."""
-    with Progress(
-        TextColumn(what), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]} " + what + "/s"),
-        TimeRemainingColumn(), console=err, disable=hidden, transient=False,
-    ) as bar:
-        task = bar.add_task(what, total=total, rate="-")
+def progress_bar(what: str, total: int, quiet: bool, plain: bool = False) -> Iterator[Callable[[int], None]]:
+    """Progress on stderr; yields the function that advances it. On a terminal: a bar with the
+    rate in ``what``/s and the ETA, then the time taken. Elsewhere (a log file, CI) or with
+    ``plain`` (--json): a line every tenth of the work or every few seconds, and a last line with
+    the time taken. ``quiet``: nothing."""
+    if quiet:
+        yield lambda n: None
+    elif err.is_terminal and not plain:
+        with Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]} " + what + "/s"),
+                      _TimeColumn(), console=err, transient=False) as bar:
+            task = bar.add_task(what, total=total, rate="-")
 
-        def step(n: int) -> None:
-            bar.advance(task, n)
-            t = bar.tasks[0]
-            if t.elapsed:
-                bar.update(task, rate=f"{t.completed / t.elapsed:.1f}")
+            def step(n: int) -> None:
+                bar.advance(task, n)
+                t = bar.tasks[0]
+                if t.elapsed:
+                    bar.update(task, rate=f"{t.completed / t.elapsed:.1f}")
 
-        yield step
+            yield step
+    else:
+        yield from _plain_progress(what, total)
+
+
+def _plain_progress(what: str, total: int) -> Iterator[Callable[[int], None]]:
+    start = last = time.monotonic()
+    state = {"done": 0, "tenth": 0}
+
+    def line(done: int, now: float) -> str:
+        rate = done / max(now - start, 1e-9)
+        eta = _clock((total - done) / rate) if rate > 0 else "-"
+        return f"{what} {done}/{total} ({100 * done // max(total, 1)}%), {rate:.1f} {what}/s, ETA {eta}"
+
+    def step(n: int) -> None:
+        nonlocal last
+        state["done"] += n
+        done, now = state["done"], time.monotonic()
+        tenth = 10 * done // max(total, 1)
+        if done < total and (tenth > state["tenth"] or now - last >= PLAIN_EVERY_SECONDS):
+            err.print(line(done, now), highlight=False, soft_wrap=True)
+            state["tenth"], last = tenth, now
+
+    err.print(f"{what} 0/{total}", highlight=False)
+    yield step
+    took = time.monotonic() - start
+    err.print(f"{what} {state['done']}/{total} done in {_clock(took)} ({state['done'] / max(took, 1e-9):.1f} {what}/s)",
+              highlight=False, soft_wrap=True)
 
 
 def units_table(mask: Any, n: int) -> Table:
@@ -137,6 +201,24 @@ def interval(lo_hi: Tuple[float, float]) -> str:
     return f"[{lo_hi[0]:.3f}, {lo_hi[1]:.3f}]"
 
 
+def choice_names(items: Sequence[Any]) -> List[str]:
+    """The choices' texts when every item has the same ones, else their indices."""
+    first = items[0].choices
+    if all(it.choices == first for it in items):
+        return [c.strip() or repr(c) for c in first]
+    return [f"choice {j}" for j in range(max(len(it.choices) for it in items))]
+
+
+def answers_line(label: str, bias: Any, names: List[str]) -> str:
+    return f"{label}: " + ", ".join(f"{names[j] if j < len(names) else j} {n}" for j, n in enumerate(bias.counts))
+
+
+def constant_warning(bias: Any, names: List[str], n_items: int) -> str:
+    return (f"warning: the unsteered model answers {bias.describe(names)} ({bias.counts[bias.top]} of {n_items}): "
+            "this format is not answered by this model, so steering cannot be judged on it (it mostly moves that bias); "
+            "try a cloze-style format, e.g. `sadi-cpp prepare copa-cloze`")
+
+
 Model = Annotated[Optional[str], typer.Option("--model", "-m", help="GGUF model (default: Gemma 3 270M Q4_K_M).")]
 Site = Annotated[str, typer.Option("--site", help="head (attention heads), neuron (FFN units) or hidden (FFN output elements).")]
 NCtx = Annotated[int, typer.Option("--n-ctx", help="Context length of the model.")]
@@ -145,3 +227,4 @@ JsonOut = Annotated[bool, typer.Option("--json", help="Print machine-readable JS
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 Positions = Annotated[str, typer.Option("--positions", help="Rows steered: last (the paper's: last prompt token) | last+generated | all.")]
 Norm = Annotated[bool, typer.Option("--norm", help="Rank choices by mean log-probability per token instead of the sum.")]
+NoCache = Annotated[bool, typer.Option("--no-cache", help="Compute the pair statistics again instead of reusing the cached ones (~/.cache/sadi-cpp).")]

@@ -55,7 +55,7 @@ def export_cvec(
     items = read_pairs(pairs)
     chosen = ints(layers, "--layers")
     hook = load_model(model, n_ctx, threads)
-    with progress_bar("pairs", len(items), quiet or as_json) as step:
+    with progress_bar("pairs", len(items), quiet, plain=as_json) as step:
         dirs, chosen, n_used = directions_from_pairs(hook, items, chosen, scale, progress=step)
     target = write_cvec(dirs, output or default_cvec_path(hook.model_path, pairs), hook.shape.arch)
     report = {"written": str(target), "layers": chosen, "scale": scale, "pairs_used": n_used,

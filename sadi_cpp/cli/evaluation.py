@@ -11,8 +11,8 @@ from rich.table import Table
 from typing_extensions import Annotated
 
 from sadi_cpp.cli.common import (
-    JsonOut, Model, NCtx, Norm, Positions, Quiet, Site, Threads, app, errors, floats, interval, ints, load_model, out,
-    progress_bar,
+    JsonOut, Model, NCtx, NoCache, Norm, Positions, Quiet, Site, Threads, answers_line, app, choice_names, constant_warning,
+    err, errors, floats, interval, ints, load_model, note_kept, out, progress_bar,
 )
 from sadi_cpp.errors import BadInputError
 from sadi_cpp.files import check_output
@@ -26,7 +26,8 @@ def eval_cmd(
     mask: Annotated[Optional[Path], typer.Option("--mask", help="Mask sidecar (methods sadi, fixed, random).")] = None,
     cvec: Annotated[Optional[Path], typer.Option("--cvec", help="llama.cpp control vector (method caa).")] = None,
     method: Annotated[str, typer.Option("--method", help="sadi | fixed (add the mean difference) | random (K random units) | caa.")] = "sadi",
-    delta: Annotated[Optional[float], typer.Option("--delta", help="sadi/random: delta (default: the mask's); fixed/caa: scale of the added vector (default 1).")] = None,
+    delta: Annotated[Optional[float], typer.Option("--delta", help="sadi/random: delta (default: the mask's).")] = None,
+    alpha: Annotated[Optional[float], typer.Option("--alpha", help="fixed/caa: scale of the added vector (default: fixed, the scale tune chose on dev; caa, 1: the vector as stored).")] = None,
     top_k: Annotated[Optional[int], typer.Option("--top-k", help="Another K from the mask's table.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of --method random.")] = 0,
     positions: Positions = "last",
@@ -46,8 +47,8 @@ def eval_cmd(
     check_policy(positions)
     items = read_mc(data, limit)
     hook = load_model(model, n_ctx, threads)
-    config, info = from_files(hook, method, mask, cvec, delta, top_k, seed)
-    with progress_bar("items", len(items), quiet or as_json) as step:
+    config, info = from_files(hook, method, mask, cvec, delta, alpha, top_k, seed)
+    with progress_bar("items", len(items), quiet, plain=as_json) as step:
         result = evaluate(hook, items, config, positions=positions, normalize=norm, progress=step)
     report = dict(info, data=str(data), positions=positions, normalize=norm, **result.as_dict())
     if as_json:
@@ -63,6 +64,11 @@ def eval_cmd(
     verdict = "outside the noise" if result.significant else "within the noise (the interval holds 0)"
     out.print(f"answers gained {result.gained} (wrong to right), lost {result.lost} (right to wrong); "
               f"the difference is {verdict}", highlight=False)
+    names = choice_names(items)
+    out.print(answers_line("answers unsteered", result.base_answers, names) + "; " +
+              answers_line("steered", result.answers, names), highlight=False, soft_wrap=True)
+    if result.base_answers.constant:
+        out.print(constant_warning(result.base_answers, names, len(items)), highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -83,19 +89,20 @@ def tune(
     limit_dev: Annotated[Optional[int], typer.Option("--limit-dev", help="Use the first N dev items.")] = None,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="sadi: mask sidecar (default beside the model); caa: control vector. Not written for fixed/random.")] = None,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write the grid as a heatmap (PNG).")] = None,
+    no_cache: NoCache = False,
     n_ctx: NCtx = 1024,
     threads: Threads = None,
     quiet: Quiet = False,
     as_json: JsonOut = False,
 ) -> None:
     """Grid-search K and delta on DEV from statistics built once on TRAIN; write the best into the sidecar."""
-    from sadi_cpp.contrast import mean_differences
     from sadi_cpp.interventions import METHODS
     from sadi_cpp.mcdata import read_mc
     from sadi_cpp.pairs import file_sha256, first_lines, read_pairs
     from sadi_cpp.positions import check_policy
     from sadi_cpp.sites import check_site
-    from sadi_cpp.tune import save_tuned
+    from sadi_cpp.stats_cache import gather
+    from sadi_cpp.tune import save_tuned, tune_fixed_baseline
     from sadi_cpp.tune import tune as run_tune
 
     check_site(site)
@@ -115,12 +122,21 @@ def tune(
     items = read_mc(dev, limit_dev)
     rank_by = "abs" if rank_abs else "signed"
     hook = load_model(model, n_ctx, threads)
-    with progress_bar("pairs", len(pairs), quiet or as_json) as step:
-        contrast = mean_differences(hook, pairs, sites=("residual",) if method == "caa" else (site,), progress=step)
+    with progress_bar("pairs", len(pairs), quiet, plain=as_json) as step:
+        contrast, cache, reused = gather(hook, pairs, ("residual",) if method == "caa" else (site,), progress=step,
+                                         use_cache=not no_cache)
     contrast.pairs_sha256 = file_sha256(train)
-    with progress_bar("items", len(items), quiet or as_json) as step:
+    if cache is not None:
+        note_kept(f"the statistics, in {cache} (a tune with the same model, pairs and sites reuses them)")
+        if reused and not quiet:
+            err.print(f"statistics reused from {cache} (no pair decoded; --no-cache recomputes them)", highlight=False, soft_wrap=True)
+    with progress_bar("items", len(items), quiet, plain=as_json) as step:
         result = run_tune(hook, contrast, items, method, site, rows, cols, rank_by, norm, positions, seed, progress=step)
-    report = dict(result.as_dict(), train=str(train), dev=str(dev), n_pairs=contrast.n_used)
+    report = dict(result.as_dict(), train=str(train), dev=str(dev), n_pairs=contrast.n_used,
+                  statistics={"cache": None if cache is None else str(cache), "reused": reused})
+    if method == "sadi":  # the fixed baseline at its best on the same units, for eval's default
+        with progress_bar("items (fixed baseline)", len(items), quiet, plain=as_json) as step:
+            report["fixed"] = tune_fixed_baseline(hook, contrast, result, items, rank_by, progress=step)
     written = save_tuned(hook, contrast, result, dict(report, dev_sha256=file_sha256(dev)), train, output, rank_by)
     if written is not None:
         report["written"] = str(written)
@@ -140,7 +156,26 @@ def tune(
         table.add_row(str(r), *[("[bold]" if (r, c) == result.best else "") + f"{a:.3f}" for c, a in zip(result.cols, row)])
     out.print(table)
     best_row, best_col = result.best
+    names = choice_names(items)
+    check = result.check
+    held = check.held_out
     out.print(f"best: {d['rows']} {best_row}, {d['cols']} {best_col:g}, dev accuracy {result.best_accuracy:.3f} "
               f"(baseline {result.baseline:.3f})", highlight=False)
+    out.print(answers_line("answers baseline", result.baseline_answers, names) + "; " +
+              answers_line("best cell", result.best_answers, names), highlight=False, soft_wrap=True)
+    if result.baseline_answers.constant:
+        out.print(constant_warning(result.baseline_answers, names, len(items)), highlight=False, soft_wrap=True)
+    where = (f"a cell picked on half of dev and scored on the other half, both ways: {held.acc:.3f} against the "
+             f"baseline's {held.base_acc:.3f}, difference {held.diff:+.3f} {interval(held.diff_ci)}")
+    if check.improves:
+        out.print(f"held-out check: {where}; the gain holds on items the pick did not see", highlight=False, soft_wrap=True)
+    else:
+        out.print(f"held-out check: {where}; NO cell beats the baseline outside the noise once the pick among "
+                  f"{check.n_cells} cells is accounted for: the best cell is not an improvement", highlight=False, soft_wrap=True)
+    if "fixed" in report:
+        fx = report["fixed"]
+        out.print(f"fixed baseline on the best cell's {fx['top_k']} units: best alpha {fx['alpha']:g}, dev accuracy "
+                  f"{fx['best_accuracy']:.3f} (eval --method fixed uses this alpha)", highlight=False)
     if written is not None:
-        out.print(f"written to {written}", highlight=False, soft_wrap=True)
+        mark = "" if check.improves else " (marked \"improves\": false in sadi.tuned)"
+        out.print(f"written to {written}{mark}", highlight=False, soft_wrap=True)

@@ -11,7 +11,9 @@ import typer
 from rich.table import Table
 from typing_extensions import Annotated
 
-from sadi_cpp.cli.common import JsonOut, Model, NCtx, Site, Threads, app, errors, load_model, out, progress_bar, units_table
+from sadi_cpp.cli.common import (
+    JsonOut, Model, NCtx, NoCache, Site, Threads, app, errors, load_model, out, progress_bar, units_table,
+)
 from sadi_cpp.errors import BadInputError
 from sadi_cpp.files import check_output
 
@@ -30,6 +32,7 @@ def build_mask_cmd(
     strict: Annotated[bool, typer.Option("--strict", help="Fail on a pair longer than the context instead of skipping it.")] = False,
     sequential: Annotated[bool, typer.Option("--sequential", help="Evaluate each text alone (slower) instead of many pairs per decode.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")] = False,
+    no_cache: NoCache = False,
     n_ctx: NCtx = 512,
     threads: Threads = None,
     as_json: JsonOut = False,
@@ -48,21 +51,23 @@ def build_mask_cmd(
     hook = load_model(model_arg or model, n_ctx, threads)
     target = check_output(output or default_mask_path(hook.model_path, pairs, site), "mask file")
     stats = BuildStats()
-    with progress_bar("pairs", len(items), quiet or as_json) as step:
+    with progress_bar("pairs", len(items), quiet, plain=as_json) as step:
         mask = build_mask(hook, items, site=site, top_k=top_k, rank_by="abs" if rank_abs else "signed",
-                          delta=delta, strict=strict, progress=step, stats=stats, batched=not sequential)
+                          delta=delta, strict=strict, progress=step, stats=stats, batched=not sequential, cache=not no_cache)
     mask.pairs_sha256 = file_sha256(pairs)
     mask.save(target)
     summary = {
         "mask": str(target), "site": site, "top_k": mask.top_k, "delta": mask.delta, "pairs_used": stats.n_used,
         "pairs_skipped": stats.skipped, "seconds": round(stats.seconds, 2),
+        "statistics": {"cache": None if stats.cache is None else str(stats.cache), "reused": stats.reused},
         "top_units": [{"layer": l, "unit": u, "mean_diff": v} for l, u, v in mask.top_units(10)],
     }
     if as_json:
         out.print_json(json.dumps(summary))
     elif not quiet:
         skipped = ", ".join(f"{n} {why}" for why, n in stats.skipped.items()) or "none"
-        out.print(f"pairs used: {stats.n_used}, skipped: {skipped}, {stats.n_used / max(stats.seconds, 1e-9):.1f} pairs/s")
+        speed = "statistics reused from the cache" if stats.reused else f"{stats.n_used / max(stats.seconds, 1e-9):.1f} pairs/s"
+        out.print(f"pairs used: {stats.n_used}, skipped: {skipped}, {speed}")
         out.print(units_table(mask, 10))
         out.print(f"mask written to {target}", soft_wrap=True, highlight=False)
 
@@ -145,6 +150,7 @@ def inspect(
         "file": str(mask), "site": m.site, "top_k": m.top_k, "delta": m.delta, "positions": m.positions,
         "rank_by": m.rank_by, "n_pairs": m.n_pairs, "pairs_sha256": m.pairs_sha256, "tool_version": m.tool_version,
         "model": m.model, "top_units": [{"layer": l, "unit": u, "mean_diff": v} for l, u, v in m.top_units(top)],
+        "tuned": _tuned_record(m.tuned),
     }
     if plot is not None:
         from sadi_cpp.plot import plot_mask
@@ -160,6 +166,22 @@ def inspect(
     out.print(f"model: {mdl['arch']}, n_layer {mdl['n_layer']}, n_embd {mdl['n_embd']}, n_head {mdl['n_head']}, "
               f"head_dim {mdl['head_dim']}, n_ff {mdl['n_ff']}, n_vocab {mdl['n_vocab']}, tensors {mdl['tensors_sha256'][:16]}",
               highlight=False)
+    tuned = info["tuned"]
+    if tuned:
+        verdict = ("an improvement, held out" if tuned.get("improves") else
+                   "NOT an improvement: no cell beat the baseline outside the noise once the pick was accounted for")
+        out.print(f"tuned: on {tuned.get('n_dev', '?')} dev items ({tuned.get('dev', '?')}), dev accuracy "
+                  f"{tuned.get('best', {}).get('accuracy', float('nan')):.3f} against the baseline's "
+                  f"{tuned.get('baseline', float('nan')):.3f}; {verdict}", highlight=False, soft_wrap=True)
     out.print(units_table(m, top))
     if plot is not None:
         out.print(f"heatmap written to {plot}")
+
+
+def _tuned_record(text: str) -> Optional[dict]:
+    """The mask's sadi.tuned JSON, or None (absent, or not a JSON object: shown as absent)."""
+    try:
+        record = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
