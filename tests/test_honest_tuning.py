@@ -61,6 +61,8 @@ def test_a_constant_answer_and_a_flat_grid_are_reported_as_such(tiny_path, tmp_p
     assert "NO cell beats the baseline outside the noise" in res.stdout and '"improves": false' in res.stdout
     ev = runner.invoke(app, ["eval", str(dev), "-m", str(tiny_path), "--mask", str(out)])
     assert ev.exit_code == 0 and "warning: the unsteered model answers" in ev.stdout
+    shown = runner.invoke(app, ["inspect", str(out)])
+    assert shown.exit_code == 0 and "NOT an improvement" in shown.stdout
 
 
 def test_a_real_effect_is_reported_as_an_improvement(tiny, tiny_path, tmp_path, make_llama):

@@ -123,15 +123,15 @@ class _TimeColumn(ProgressColumn):
 
 
 @contextmanager
-def progress_bar(what: str, total: int, quiet: bool, plain: bool = False) -> Iterator[Callable[[int], None]]:
+def progress_bar(what: str, total: int, quiet: bool, plain: bool = False, label: Optional[str] = None) -> Iterator[Callable[[int], None]]:
     """Progress on stderr; yields the function that advances it. On a terminal: a bar with the
     rate in ``what``/s and the ETA, then the time taken. Elsewhere (a log file, CI) or with
     ``plain`` (--json): a line every tenth of the work or every few seconds, and a last line with
-    the time taken. ``quiet``: nothing."""
+    the time taken. ``label`` names the phase (default: ``what``). ``quiet``: nothing."""
     if quiet:
         yield lambda n: None
     elif err.is_terminal and not plain:
-        with Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]} " + what + "/s"),
+        with Progress(TextColumn(label or what), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]} " + what + "/s"),
                       _TimeColumn(), console=err, transient=False) as bar:
             task = bar.add_task(what, total=total, rate="-")
 
@@ -143,17 +143,17 @@ def progress_bar(what: str, total: int, quiet: bool, plain: bool = False) -> Ite
 
             yield step
     else:
-        yield from _plain_progress(what, total)
+        yield from _plain_progress(what, total, label or what)
 
 
-def _plain_progress(what: str, total: int) -> Iterator[Callable[[int], None]]:
+def _plain_progress(what: str, total: int, label: str) -> Iterator[Callable[[int], None]]:
     start = last = time.monotonic()
     state = {"done": 0, "tenth": 0}
 
     def line(done: int, now: float) -> str:
         rate = done / max(now - start, 1e-9)
         eta = _clock((total - done) / rate) if rate > 0 else "-"
-        return f"{what} {done}/{total} ({100 * done // max(total, 1)}%), {rate:.1f} {what}/s, ETA {eta}"
+        return f"{label} {done}/{total} ({100 * done // max(total, 1)}%), {rate:.1f} {what}/s, ETA {eta}"
 
     def step(n: int) -> None:
         nonlocal last
@@ -164,10 +164,10 @@ def _plain_progress(what: str, total: int) -> Iterator[Callable[[int], None]]:
             err.print(line(done, now), highlight=False, soft_wrap=True)
             state["tenth"], last = tenth, now
 
-    err.print(f"{what} 0/{total}", highlight=False)
+    err.print(f"{label} 0/{total}", highlight=False)
     yield step
     took = time.monotonic() - start
-    err.print(f"{what} {state['done']}/{total} done in {_clock(took)} ({state['done'] / max(took, 1e-9):.1f} {what}/s)",
+    err.print(f"{label} {state['done']}/{total} done in {_clock(took)} ({state['done'] / max(took, 1e-9):.1f} {what}/s)",
               highlight=False, soft_wrap=True)
 
 

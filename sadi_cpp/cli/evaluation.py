@@ -135,7 +135,7 @@ def tune(
     report = dict(result.as_dict(), train=str(train), dev=str(dev), n_pairs=contrast.n_used,
                   statistics={"cache": None if cache is None else str(cache), "reused": reused})
     if method == "sadi":  # the fixed baseline at its best on the same units, for eval's default
-        with progress_bar("items (fixed baseline)", len(items), quiet, plain=as_json) as step:
+        with progress_bar("items", len(items), quiet, plain=as_json, label="fixed baseline: items") as step:
             report["fixed"] = tune_fixed_baseline(hook, contrast, result, items, rank_by, progress=step)
     written = save_tuned(hook, contrast, result, dict(report, dev_sha256=file_sha256(dev)), train, output, rank_by)
     if written is not None:
