@@ -231,3 +231,16 @@ def test_interrupts_exit_with_one_line_and_leave_no_file(tiny_path, built, tmp_p
     assert proc.returncode == code, stderr
     assert word in stderr and "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.jsonl"]  # no mask, no temporary file
+
+
+def test_check_names_the_sites_a_model_allows(tiny, tiny_path, tmp_path):
+    res = runner.invoke(app, ["check", str(tiny_path), "--json"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.stdout)
+    assert info["arch"] == "llama" and info["shape"]["n_layer"] == tiny.n_layer and info["n_vocab"] == 259
+    assert all(s["ok"] for s in info["sites"].values()) and info["sites"]["neuron"]["node"].startswith("ffn_")
+    moe = tiny.write(tmp_path / "moe.gguf", n_expert=2)
+    res = runner.invoke(app, ["check", "-m", str(moe)])
+    assert res.exit_code == 0, res.output
+    assert "head     ok: kqv_out-L" in res.stdout and "neuron   no:" in res.stdout and "ffn_down" in res.stdout
+    bad(["check", str(tmp_path / "none.gguf")], "no such model file")

@@ -1,4 +1,4 @@
-"""Commands around masks: build-mask, inspect, generate."""
+"""Commands around masks: build-mask, inspect, generate, and check (which sites a model allows)."""
 
 from __future__ import annotations
 
@@ -185,3 +185,28 @@ def _tuned_record(text: str) -> Optional[dict]:
     except ValueError:
         return None
     return record if isinstance(record, dict) else None
+
+
+@app.command()
+@errors
+def check(
+    model_arg: Annotated[Optional[str], typer.Argument(metavar="[MODEL]", help="GGUF model, the same as --model.", show_default=False)] = None,
+    model: Model = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Load a model, probe its graph, and say which sites can be read and steered (and why not)."""
+    from sadi_cpp.check import report
+
+    if model_arg is not None and model is not None:
+        raise BadInputError("give the model once: as the argument or with --model, not both")
+    hook = load_model(model_arg or model, 256, None)
+    info = report(hook)
+    if as_json:
+        out.print_json(json.dumps(info))
+        return
+    s = info["shape"]
+    out.print(f"model: {info['model']}", highlight=False, soft_wrap=True)
+    out.print(f"architecture {info['arch']}: n_layer {s['n_layer']}, n_head {s['n_head']}, head_dim {s['head_dim']}, "
+              f"n_ff {s['n_ff']}, n_embd {s['n_embd']}, n_vocab {info['n_vocab']}", highlight=False)
+    for site, st in info["sites"].items():
+        out.print(f"  {site:<8} " + (f"ok: {st['node']}" if st["ok"] else f"no: {st['problem']}"), highlight=False, soft_wrap=True)
