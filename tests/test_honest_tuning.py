@@ -20,7 +20,7 @@ from sadi_cpp.cli import app
 from sadi_cpp.contrast import mean_differences
 from sadi_cpp.interventions import BASELINE
 from sadi_cpp.mask import SadiMask
-from sadi_cpp.mcdata import MCItem, read_mc
+from sadi_cpp.mcdata import MCItem
 from sadi_cpp.scoring import score_items
 from sadi_cpp.tune import config_for
 
