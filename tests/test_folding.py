@@ -34,20 +34,23 @@ def folded(tiny, site, layer, units, factor):
 
 
 CASES = [("head", 1, [2]), ("head", 0, [0, 3]), ("neuron", 2, [5, 17, 40]), ("hidden", 1, [0, 9, 31])]
+ARCHS = ["llama", "qwen2", "qwen3"]  # llama.cpp graph builders with the same FFN and attention output
 
 
+@pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("site,layer,units", CASES)
-def test_steering_equals_the_folded_weights(tiny, make_llama, tmp_path, site, layer, units):
+def test_steering_equals_the_folded_weights(tiny, make_llama, tmp_path, site, layer, units, arch):
     delta = 2.0
-    hook = sadi_cpp.attach(make_llama())
+    hook = sadi_cpp.attach(make_llama(model_path=str(tiny.write(tmp_path / f"{arch}.gguf", arch=arch))))
+    assert hook.shape.arch == arch and hook.sites == ("head", "neuron", "hidden")
     mask = np.zeros((tiny.n_layer, hook.n_units(site)), bool)
     mask[layer, units] = True
     with hook.steering({site: mask}, delta=delta, positions="all"):
         steered = eval_fresh(hook.llm, PROMPT)
-    path = folded(tiny, site, layer, units, 1 + delta).write(tmp_path / "folded.gguf")
+    path = folded(tiny, site, layer, units, 1 + delta).write(tmp_path / "folded.gguf", arch=arch)
     want = eval_fresh(make_llama(model_path=str(path)), PROMPT)
     assert_f32_close(steered, want, what=site)
     # the check can fail: the same edit folded into the wrong layer (or units) does not match
     wrong_layer = (layer + 1) % tiny.n_layer
-    wrong = folded(tiny, site, wrong_layer, units, 1 + delta).write(tmp_path / "wrong.gguf")
+    wrong = folded(tiny, site, wrong_layer, units, 1 + delta).write(tmp_path / "wrong.gguf", arch=arch)
     assert np.abs(eval_fresh(make_llama(model_path=str(wrong)), PROMPT) - steered).max() > 100 * f32_tol(want)

@@ -68,11 +68,14 @@ class TinyLlama:
     def n_vocab(self) -> int:
         return self.w["token_embd.weight"].shape[0]
 
-    def write(self, path: Path, n_expert: int = 0, chat_template: Optional[str] = None) -> Path:
+    def write(self, path: Path, n_expert: int = 0, chat_template: Optional[str] = None, arch: str = "llama") -> Path:
         """Write the GGUF. ``n_expert > 0`` writes a mixture-of-experts FFN instead of the dense one
         (no dense ffn_down: a model whose neuron and hidden sites the engine must refuse);
-        ``chat_template`` adds tokenizer.chat_template."""
-        writer = gguf.GGUFWriter(str(path), "llama")
+        ``chat_template`` adds tokenizer.chat_template. ``arch``: llama, or another llama.cpp
+        graph builder of the same weights plus its own (qwen2: q/k/v biases; qwen3: q/k norms).
+        The numpy oracle models llama only; the other architectures are checked by weight
+        folding (test_folding.py)."""
+        writer = gguf.GGUFWriter(str(path), arch)
         writer.add_name("tiny-test-llama")
         writer.add_block_count(self.n_layer)
         writer.add_context_length(self.n_ctx)
@@ -83,6 +86,9 @@ class TinyLlama:
         writer.add_layer_norm_rms_eps(self.eps)
         writer.add_rope_freq_base(self.rope_base)
         writer.add_rope_dimension_count(self.head_dim)
+        if arch == "qwen3":
+            writer.add_key_length(self.head_dim)
+            writer.add_value_length(self.head_dim)
         writer.add_file_type(gguf.LlamaFileType.ALL_F32)
         tokens, scores, types = self.vocab()
         writer.add_tokenizer_model("llama")
@@ -96,6 +102,7 @@ class TinyLlama:
         if chat_template is not None:
             writer.add_chat_template(chat_template)
         tensors = dict(self.w)
+        tensors.update(self._extra_tensors(arch))
         if n_expert:
             writer.add_expert_count(n_expert)
             writer.add_expert_used_count(1)
@@ -115,6 +122,21 @@ class TinyLlama:
         writer.write_tensors_to_file()
         writer.close()
         return path
+
+    def _extra_tensors(self, arch: str) -> Dict[str, np.ndarray]:
+        rng = np.random.default_rng(self.seed + 7)
+        out: Dict[str, np.ndarray] = {}
+        for il in range(self.n_layer):
+            p = f"blk.{il}."
+            if arch == "qwen2":
+                for k, n in (("q", self.n_head), ("k", self.n_head_kv), ("v", self.n_head_kv)):
+                    out[p + f"attn_{k}.bias"] = (0.1 * rng.standard_normal(n * self.head_dim)).astype(np.float32)
+            elif arch == "qwen3":
+                for k in ("q", "k"):
+                    out[p + f"attn_{k}_norm.weight"] = (1 + 0.1 * rng.standard_normal(self.head_dim)).astype(np.float32)
+            elif arch != "llama":
+                raise ValueError(f"no tiny {arch} model")
+        return out
 
     # ---- the oracle ----
 
