@@ -60,6 +60,7 @@ void register_engine(py::module_ & m) {
         .def("end_probe", &Engine::end_probe)
         .def("site_problem", [](const Engine & e, const std::string & site) { return e.site_problem(to_site(site)); })
         .def("neuron_node", &Engine::neuron_node)
+        .def("hidden_node", &Engine::hidden_node)
         .def("new_config", &Engine::new_config)
         .def("free_config", &Engine::free_config, py::arg("config"))
         .def_property_readonly("n_configs", &Engine::n_configs)

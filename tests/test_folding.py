@@ -54,3 +54,31 @@ def test_steering_equals_the_folded_weights(tiny, make_llama, tmp_path, site, la
     wrong_layer = (layer + 1) % tiny.n_layer
     wrong = folded(tiny, site, wrong_layer, units, 1 + delta).write(tmp_path / "wrong.gguf", arch=arch)
     assert np.abs(eval_fresh(make_llama(model_path=str(wrong)), PROMPT) - steered).max() > 100 * f32_tol(want)
+
+
+@pytest.mark.parametrize("site,layer,units", [("head", 2, [1, 3]), ("hidden", 1, [4, 20])])
+def test_a_mixture_of_experts_ffn_folds_too(tiny, make_llama, tmp_path, site, layer, units):
+    """MoE (2 experts): heads fold into attn_output; the FFN output (ffn_moe_out, the experts'
+    weighted sum) folds into the same rows of every expert's down projection."""
+    delta = 2.0
+    hook = sadi_cpp.attach(make_llama(model_path=str(tiny.write(tmp_path / "moe.gguf", n_expert=2))))
+    mask = np.zeros((tiny.n_layer, hook.n_units(site)), bool)
+    mask[layer, units] = True
+    with hook.steering({site: mask}, delta=delta, positions="all"):
+        steered = eval_fresh(hook.llm, PROMPT)
+
+    def fold(at):
+        def edit(tensors):
+            p = f"blk.{at}."
+            if site == "head":
+                cols = [h * tiny.head_dim + k for h in units for k in range(tiny.head_dim)]
+                tensors[p + "attn_output.weight"] = tensors[p + "attn_output.weight"].copy()
+                tensors[p + "attn_output.weight"][:, cols] *= 1 + delta
+            else:
+                tensors[p + "ffn_down_exps.weight"][:, units, :] *= 1 + delta  # [expert, n_embd, n_ff]
+        return edit
+
+    want = eval_fresh(make_llama(model_path=str(tiny.write(tmp_path / "f.gguf", n_expert=2, edit=fold(layer)))), PROMPT)
+    assert_f32_close(steered, want, what=site)
+    wrong = eval_fresh(make_llama(model_path=str(tiny.write(tmp_path / "w.gguf", n_expert=2, edit=fold((layer + 1) % 3)))), PROMPT)
+    assert np.abs(wrong - steered).max() > 100 * f32_tol(want)

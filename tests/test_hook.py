@@ -299,17 +299,18 @@ def test_bad_masks_and_options_are_refused(tiny, make_llama):
 
 
 def test_model_without_a_dense_ffn_is_refused_by_site(tiny, make_llama, tmp_path):
+    """A mixture-of-experts FFN: no dense ffn_down input (neurons refused, naming it); its output
+    is the experts' weighted sum, ffn_moe_out (hidden works: its values are checked by weight
+    folding in test_folding.py)."""
     path = tiny.write(tmp_path / "tiny-moe.gguf", n_expert=2)
     hook = sadi_cpp.attach(make_llama(model_path=str(path)))
-    assert hook.sites == ("head",)
+    assert hook.sites == ("head", "hidden") and hook.engine.hidden_node(1) == "ffn_moe_out-1"
     with pytest.raises(UnsupportedModelError, match="ffn_down"):
         hook.set_steering({"neuron": np.ones((3, tiny.n_ff), bool)}, delta=1.0)
-    with pytest.raises(UnsupportedModelError, match="ffn"):
-        with hook.recording(sites=("hidden",)):
-            pass
-    with hook.recording(sites=("head",)) as rec:  # heads still work
+    with hook.recording(sites=("head", "hidden")) as rec:  # heads and the FFN output work
         hook.llm.eval(PROMPT[:5])
     assert rec.values("head").shape == (1, 3, tiny.n_head * tiny.head_dim)
+    assert rec.values("hidden").shape == (1, 3, tiny.n_embd) and not np.isnan(rec.values("hidden")).any()
 
 
 def test_load_refuses_a_file_that_is_not_gguf(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import gguf
 import numpy as np
@@ -68,13 +68,14 @@ class TinyLlama:
     def n_vocab(self) -> int:
         return self.w["token_embd.weight"].shape[0]
 
-    def write(self, path: Path, n_expert: int = 0, chat_template: Optional[str] = None, arch: str = "llama") -> Path:
+    def write(self, path: Path, n_expert: int = 0, chat_template: Optional[str] = None, arch: str = "llama",
+              edit: Optional[Callable[[Dict[str, np.ndarray]], None]] = None) -> Path:
         """Write the GGUF. ``n_expert > 0`` writes a mixture-of-experts FFN instead of the dense one
         (no dense ffn_down: a model whose neuron and hidden sites the engine must refuse);
         ``chat_template`` adds tokenizer.chat_template. ``arch``: llama, or another llama.cpp
         graph builder of the same weights plus its own (qwen2: q/k/v biases; qwen3: q/k norms).
         The numpy oracle models llama only; the other architectures are checked by weight
-        folding (test_folding.py)."""
+        folding (test_folding.py), whose ``edit`` changes the tensors just before they are written."""
         writer = gguf.GGUFWriter(str(path), arch)
         writer.add_name("tiny-test-llama")
         writer.add_block_count(self.n_layer)
@@ -115,6 +116,8 @@ class TinyLlama:
                 for kind, (rows, cols) in shape.items():
                     tensors[p + f"ffn_{kind}_exps.weight"] = (0.3 * rng.standard_normal((n_expert, rows, cols))).astype(np.float32)
                 tensors[p + "ffn_gate_inp.weight"] = (0.3 * rng.standard_normal((n_expert, self.n_embd))).astype(np.float32)
+        if edit is not None:
+            edit(tensors)
         for name, arr in tensors.items():
             writer.add_tensor(name, arr)
         writer.write_header_to_file()

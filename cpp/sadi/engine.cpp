@@ -16,7 +16,10 @@ namespace sadi {
 namespace {
 
 constexpr const char * head_node   = "kqv_out";
-constexpr const char * hidden_node = "ffn_out";
+constexpr const char * ffn_out_node = "ffn_out";
+// A mixture-of-experts FFN without a shared expert has no ffn_out node (llama's MoE graph goes
+// from the weighted sum of the experts straight to the residual add): that sum is its output.
+constexpr const char * moe_out_node = "ffn_moe_out";
 constexpr const char * residual_node = "l_out";
 
 // Some architectures give the residual sum after the FFN the FFN output's name; the FFN output
@@ -64,6 +67,7 @@ bool Config::any() const {
 
 Engine::Engine(ModelShape shape) : shape_(std::move(shape)) {
     neuron_base_.assign(size_t(shape_.n_layer), std::string());
+    hidden_base_.assign(size_t(shape_.n_layer), std::string());
     new_config();  // configuration 0
     for (auto & p : problems_) {
         p = "the model's graph has not been probed yet";
@@ -105,6 +109,7 @@ void Engine::begin_probe() {
         seen.assign(size_t(shape_.n_layer), 0);
     }
     std::fill(neuron_base_.begin(), neuron_base_.end(), std::string());
+    std::fill(hidden_base_.begin(), hidden_base_.end(), std::string());
 }
 
 void Engine::probe_node(const ggml_tensor * t) {
@@ -125,7 +130,14 @@ void Engine::probe_node(const ggml_tensor * t) {
     } else if (nn.base == residual_node && !probe_seen_[size_t(Site::residual)][il]) {
         probe_seen_[size_t(Site::residual)][il] = 1;
         check_width(t, Site::residual);
-    } else if (nn.base == hidden_node && is_ffn_output(t) && !probe_seen_[size_t(Site::hidden)][il]) {
+    } else if (nn.base == moe_out_node) {
+        if (hidden_base_[il].empty()) {  // an ffn_out of the same layer takes over (MoE + shared expert)
+            hidden_base_[il] = moe_out_node;
+            probe_seen_[size_t(Site::hidden)][il] = 1;
+            check_width(t, Site::hidden);
+        }
+    } else if (nn.base == ffn_out_node && is_ffn_output(t) && hidden_base_[il] != ffn_out_node) {
+        hidden_base_[il] = ffn_out_node;
         probe_seen_[size_t(Site::hidden)][il] = 1;
         check_width(t, Site::hidden);
         const ggml_tensor * act = down_proj_input(t);
@@ -160,6 +172,13 @@ void Engine::end_probe() {
             problems_[size_t(s)] = problems_[size_t(Site::head)];
         }
     }
+}
+
+std::string Engine::hidden_node(int32_t il) const {
+    if (il < 0 || il >= shape_.n_layer) {
+        throw std::out_of_range("layer " + std::to_string(il) + " is outside [0, " + std::to_string(shape_.n_layer) + ")");
+    }
+    return hidden_base_[size_t(il)].empty() ? std::string() : hidden_base_[size_t(il)] + "-" + std::to_string(il);
 }
 
 std::string Engine::neuron_node(int32_t il) const {
@@ -385,7 +404,7 @@ int Engine::site_of(const ggml_tensor * t, const NodeName & nn) const {
     if (nn.base == neuron_base_[size_t(nn.il)]) {
         return int(Site::neuron);
     }
-    if (nn.base == hidden_node && is_ffn_output(t)) {
+    if (nn.base == hidden_base_[size_t(nn.il)] && (nn.base != ffn_out_node || is_ffn_output(t))) {
         return int(Site::hidden);
     }
     if (nn.base == residual_node) {

@@ -59,6 +59,8 @@ public:
     const std::string & site_problem(Site site) const { return problems_[size_t(site)]; }
     // The node that feeds ffn_down in layer il, e.g. "ffn_geglu-3".
     std::string neuron_node(int32_t il) const;
+    // The FFN output node of layer il: "ffn_out-3", or "ffn_moe_out-3" for a MoE FFN without one.
+    std::string hidden_node(int32_t il) const;
 
     // Configurations: 0 always exists; new_config() makes an empty one and returns its id (ids of
     // freed configurations are reused); free_config(id) empties and releases it (not 0).
@@ -125,6 +127,7 @@ private:
     // topology, from the probe
     bool probing_ = false;
     std::vector<std::string> neuron_base_;  // per layer
+    std::vector<std::string> hidden_base_;  // per layer: ffn_out, or ffn_moe_out for a MoE FFN without one
     std::array<std::string, n_sites> problems_;
     std::array<std::vector<char>, n_sites> probe_seen_;
     std::string probe_error_;
