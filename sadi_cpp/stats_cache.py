@@ -51,12 +51,13 @@ def _load(path: Path, hook: Hook, sites: Sequence[str]) -> Optional[Contrast]:
         with np.load(path, allow_pickle=False) as f:
             diffs = {s: np.array(f[f"diff_{s}"], dtype=np.float64) for s in sites}
             meta = json.loads(str(f["meta"]))
-    except (OSError, KeyError, ValueError):
+        n_used, skipped = int(meta["n_used"]), dict(meta["skipped"])
+    except Exception:  # a damaged file (BadZipFile, wrong keys or types): computed and written again
         return None
     for s, d in diffs.items():
         if d.shape != (hook.shape.n_layer, hook.shape.width(s)) or not np.isfinite(d).all():
             return None
-    return Contrast(diffs=diffs, n_used=int(meta["n_used"]), skipped=dict(meta["skipped"]), seconds=0.0)
+    return Contrast(diffs=diffs, n_used=n_used, skipped=skipped, seconds=0.0)
 
 
 def _save(path: Path, contrast: Contrast) -> Path:

@@ -157,3 +157,16 @@ def test_baselines_default_to_fair_scales_and_random_names_its_units(tiny_path, 
     ev = json.loads(runner.invoke(app, ["eval", str(dev), "-m", str(tiny_path), "--mask", str(built), "--method", "random",
                                         "--seed", "4", "--json"]).stdout)
     assert len(ev["units"]) == SadiMask.load(built).top_k and ev["seed"] == 4
+
+
+def test_a_damaged_statistics_cache_is_computed_again(tiny_path, tmp_path, stats_cache):
+    train = train_file(tmp_path)
+    dev = write(tmp_path / "dev.jsonl", [{"prompt": f"Item {i + 50}: it is", "choices": [" warm", " cold"], "label": i % 2} for i in range(4)])
+    args = [train, dev, "-m", tiny_path, "--k-grid", "1", "--delta-grid", "2"]
+    first, _ = tune_json(*args)
+    (cached,) = list(stats_cache.rglob("*.npz"))
+    for damage in (b"PK\x03\x04garbage", b"", cached.read_bytes()[:100]):
+        cached.write_bytes(damage)
+        again, _ = tune_json(*args)
+        assert not again["statistics"]["reused"] and again["accuracy"] == first["accuracy"]
+    assert tune_json(*args)[0]["statistics"]["reused"]  # written anew, and reused next time

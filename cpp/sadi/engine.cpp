@@ -338,8 +338,14 @@ void Engine::begin_decode(const llama_batch & batch, const std::vector<int32_t> 
         throw std::invalid_argument("one accumulator slot per recorded row is needed");
     }
     bool steer = false;
+    std::vector<char> checked(configs_.size(), 0);  // each configuration looked at once, not once per row
     for (size_t i = 0; i < steer_rows.size(); ++i) {
-        steer = live(steer_configs.empty() ? 0 : steer_configs[i]).any() || steer;
+        const int32_t c = steer_configs.empty() ? 0 : steer_configs[i];
+        const Config & config = live(c);
+        if (!checked[size_t(c)]) {
+            checked[size_t(c)] = 1;
+            steer = steer || config.any();
+        }
     }
     for (int32_t s : record_slots) {
         if (s < 0) {
