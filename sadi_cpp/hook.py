@@ -582,6 +582,28 @@ class Hook:
             self._ctx.kv_cache_seq_rm(-1, n0, -1)
 
     @_one_thread
+    def seq_free(self, seq: int) -> None:
+        """Drop every KV entry of sequence ``seq`` (a finished request's), leaving the others."""
+        self._live()
+        if not 0 <= seq < self.n_seq_max:
+            raise BadInputError(f"sequence id {seq} is outside 0..{self.n_seq_max - 1}")
+        self._ctx.kv_cache_seq_rm(seq, -1, -1)
+
+    def is_end(self, token: int) -> bool:
+        """True for an end-of-generation token (EOS, end of turn, ...)."""
+        return bool(llama_cpp.llama_vocab_is_eog(self.llm._model.vocab, int(token)))
+
+    def token_bytes(self, token: int) -> bytes:
+        """The text piece of one token as bytes (special tokens give b'', as in a completion)."""
+        size = 64
+        while True:
+            buf = ctypes.create_string_buffer(size)
+            n = llama_cpp.llama_token_to_piece(self.llm._model.vocab, int(token), buf, size, 0, False)
+            if n >= 0:
+                return buf.raw[:n]
+            size = -n  # llama.cpp returns minus the size it needs
+
+    @_one_thread
     def kv_clear(self) -> None:
         """Empty the KV cache (every sequence) and forget the Llama's cached tokens."""
         self._live()
@@ -632,6 +654,48 @@ def use_chat_format(hook: Hook, name: str) -> None:
 
 def has_chat_template(hook: Hook) -> bool:
     return "tokenizer.chat_template" in hook.llm.metadata
+
+
+class _Formatted(Exception):
+    """Carries the prompt tokens and stop strings out of a chat handler (see chat_prompt)."""
+
+    def __init__(self, tokens: List[int], stop: List[str]):
+        super().__init__("formatted")
+        self.tokens, self.stop = tokens, stop
+
+
+class _FormatOnly:
+    """Stands in for the Llama a chat handler drives: tokenizes with the real one and, when the
+    handler asks for a completion, hands back the prompt it built instead of generating."""
+
+    def __init__(self, llm: Llama):
+        self._llm = llm
+        self.verbose = False
+
+    def tokenize(self, *args: Any, **kwargs: Any) -> List[int]:
+        return self._llm.tokenize(*args, **kwargs)
+
+    def create_completion(self, prompt: Any = None, stop: Any = None, **kwargs: Any) -> Any:
+        stops = [] if stop is None else [stop] if isinstance(stop, str) else list(stop)
+        raise _Formatted(list(prompt), [s for s in stops if s])
+
+
+def chat_prompt(hook: Hook, messages: List[Dict[str, Any]]) -> Tuple[List[int], List[str]]:
+    """The tokens ``create_chat_completion`` would evaluate for ``messages`` (through the chat
+    format in force: a named one, else the model's template) and the stop strings it adds."""
+    import jinja2
+    from llama_cpp import llama_chat_format
+
+    llm = hook.llm
+    handler = (llm.chat_handler or llm._chat_handlers.get(llm.chat_format)
+               or llama_chat_format.get_chat_completion_handler(llm.chat_format))
+    try:
+        handler(llama=_FormatOnly(llm), messages=messages)
+    except _Formatted as done:
+        return done.tokens, done.stop
+    except (ValueError, TypeError, KeyError, jinja2.TemplateError) as e:  # the template refused the messages
+        raise BadInputError(f"the chat template could not format these messages: {e}") from None
+    raise SadiError(f"chat format {llm.chat_format!r} did not produce a prompt")
 
 
 def attach(llm: Llama, *, force_copy: bool = False) -> Hook:

@@ -1,0 +1,309 @@
+"""Continuous batching over one hooked Llama: each request is its own sequence with its own
+steering configuration, and all running requests share every decode.
+
+Between two decode steps, finished or cancelled requests leave (their KV entries and
+configuration are dropped) and waiting ones join; a decode holds one row per generating request
+plus as many prompt rows of joining requests as the batch has room for. A worker thread owns
+the hook; HTTP handlers only submit jobs and read the events each job's ``sink`` receives.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from sadi_cpp.errors import BadInputError, SadiError
+from sadi_cpp.hook import BatchRow, Hook
+from sadi_cpp.mask_library import MaskLibrary, Steer
+from sadi_cpp.sampling import SamplingParams, log_softmax, next_token, top_logprobs
+
+log = logging.getLogger("sadi_cpp.server")
+
+
+class QueueFull(SadiError):
+    """Every sequence is busy and the waiting line is full (HTTP 429)."""
+
+
+@dataclass
+class TokenInfo:
+    """A generated token with its log-probability and the most likely alternatives."""
+
+    token: int
+    piece: bytes
+    logprob: float
+    top: List[Tuple[int, bytes, float]]
+
+
+@dataclass
+class Piece:
+    """Newly visible text (may be '' while a possible stop string is held back) and the tokens
+    generated since the last event."""
+
+    text: str
+    tokens: List[TokenInfo]
+
+
+@dataclass
+class Finished:
+    reason: str  # "stop" (end token or stop string) or "length" (max_tokens or context)
+    prompt_tokens: int
+    completion_tokens: int
+
+
+@dataclass
+class Failed:
+    message: str
+
+
+Event = Any  # Piece | Finished | Failed
+
+
+@dataclass
+class Job:
+    """One request: its prompt tokens, how to sample and when to stop, and where events go."""
+
+    prompt: List[int]
+    max_tokens: int
+    sink: Callable[[Event], None]
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    seed: Optional[int] = None
+    stop: List[str] = field(default_factory=list)
+    logprobs: int = -1  # alternatives to report per token; -1: no log-probabilities
+    steer: Optional[Steer] = None
+    min_tokens: int = 0
+    # the batcher's bookkeeping
+    seq: int = -1
+    n_fed: int = 0  # prompt tokens evaluated so far
+    generated: List[int] = field(default_factory=list)
+    text_bytes: bytes = b""
+    n_sent: int = 0  # characters of the text already sent
+    cancelled: bool = False
+    rng: Optional[np.random.Generator] = None
+
+    @property
+    def generating(self) -> bool:
+        return self.n_fed == len(self.prompt) and bool(self.generated)
+
+
+class Batcher:
+    def __init__(self, hook: Hook, library: MaskLibrary, n_parallel: int, n_ctx_seq: int, max_queue: int):
+        if not 1 <= n_parallel <= hook.n_seq_max:
+            raise BadInputError(f"--n-parallel must be in 1..{hook.n_seq_max} (sequences this context holds), got {n_parallel}")
+        self.hook = hook
+        self.library = library
+        self.n_parallel = n_parallel
+        self.n_ctx_seq = n_ctx_seq
+        self.max_queue = max_queue
+        self._cv = threading.Condition()
+        self._waiting: Deque[Job] = collections.deque()
+        self._active: List[Job] = []
+        self._free = list(range(n_parallel))
+        self._configs: Dict[Tuple[str, int, float], Tuple[str, int]] = {}  # key -> (configuration, users)
+        self._names = itertools.count()
+        self._end_tokens: Optional[np.ndarray] = None
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="sadi-batcher", daemon=True)
+        self.decodes = 0  # decode steps so far (for /health and the tests)
+
+    # ---- called from other threads ----
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        self._thread.join(timeout=30)
+
+    def submit(self, job: Job) -> None:
+        """Queue a job; QueueFull when every sequence is busy and max_queue jobs already wait."""
+        if not job.prompt:
+            raise BadInputError("the prompt is empty after tokenization")
+        if len(job.prompt) >= self.n_ctx_seq:
+            raise BadInputError(f"the prompt has {len(job.prompt)} tokens; a request's context holds {self.n_ctx_seq} "
+                                "(prompt plus at least one generated token): shorten it, or start the server with a larger --n-ctx")
+        with self._cv:
+            if self._stopping:
+                raise SadiError("the server is shutting down")
+            busy = len(self._active) + len(self._waiting) >= self.n_parallel
+            if busy and len(self._waiting) >= self.max_queue:
+                raise QueueFull(f"all {self.n_parallel} sequences are busy and {len(self._waiting)} requests wait; retry later")
+            self._waiting.append(job)
+            self._cv.notify_all()
+
+    def cancel(self, job: Job) -> None:
+        """The client went away: its sequence is freed before the next decode."""
+        with self._cv:
+            job.cancelled = True
+            if job in self._waiting:
+                self._waiting.remove(job)
+            self._cv.notify_all()
+
+    def load(self) -> Dict[str, int]:
+        with self._cv:
+            return {"running": len(self._active), "waiting": len(self._waiting), "n_parallel": self.n_parallel,
+                    "decodes": self.decodes}
+
+    # ---- the worker ----
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._stopping and not self._active and not self._waiting:
+                    self._cv.wait()
+                if self._stopping:
+                    break
+                for job in [j for j in self._active if j.cancelled]:
+                    self._release(job)
+                while self._waiting and self._free:
+                    self._admit(self._waiting.popleft())
+                active = list(self._active)
+            if active:
+                self._step(active)
+        for job in self._active + list(self._waiting):
+            job.sink(Failed("the server is shutting down"))
+
+    def _admit(self, job: Job) -> None:
+        job.seq = self._free.pop(0)
+        job.rng = np.random.default_rng(job.seed)
+        try:
+            if job.steer is not None:
+                self.hook.bind(job.seq, self._acquire(job.steer))
+        except SadiError as e:
+            self._free.insert(0, job.seq)
+            job.sink(Failed(str(e)))
+            return
+        self._active.append(job)
+
+    def _acquire(self, steer: Steer) -> str:
+        """The engine configuration for a steering, shared by the requests that use the same one."""
+        key = (steer.mask, steer.top_k, steer.delta)
+        if key in self._configs:
+            name, users = self._configs[key]
+        else:
+            name, users = f"request-{next(self._names)}", 0
+            self.hook.configure(name, self.library.units(steer), steer.delta, steer.positions)
+        self._configs[key] = (name, users + 1)
+        return name
+
+    def _release(self, job: Job) -> None:
+        self._active.remove(job)
+        try:
+            self.hook.seq_free(job.seq)
+            self.hook.bind(job.seq, None)
+            if job.steer is not None:
+                key = (job.steer.mask, job.steer.top_k, job.steer.delta)
+                name, users = self._configs[key]
+                if users == 1:
+                    del self._configs[key]
+                    self.hook.remove_config(name)
+                else:
+                    self._configs[key] = (name, users - 1)
+        finally:
+            self._free.append(job.seq)
+
+    def _step(self, active: List[Job]) -> None:
+        rows: List[BatchRow] = []
+        outputs: List[int] = []
+        owners: List[Job] = []
+        for job in active:
+            if job.generating:
+                pos = len(job.prompt) + len(job.generated) - 1
+                steer = job.steer is not None and job.steer.positions != "last"
+                rows.append(BatchRow(job.generated[-1], pos, (job.seq,), steer))
+                outputs.append(len(rows) - 1)
+                owners.append(job)
+        room = self.hook.llm.n_batch - len(rows)
+        for job in active:
+            if job.n_fed == len(job.prompt) or room == 0:
+                continue
+            take = min(room, len(job.prompt) - job.n_fed)
+            end = len(job.prompt) - 1
+            everywhere = job.steer is not None and job.steer.positions == "all"
+            for p in range(job.n_fed, job.n_fed + take):
+                rows.append(BatchRow(job.prompt[p], p, (job.seq,), everywhere or (job.steer is not None and p == end)))
+            job.n_fed += take
+            room -= take
+            if job.n_fed == len(job.prompt):
+                outputs.append(len(rows) - 1)
+                owners.append(job)
+        try:
+            logits = self.hook.decode(rows, outputs)
+            self.decodes += 1
+        except Exception as e:  # a failed decode fails its requests, never the server
+            log.exception("decode failed")
+            with self._cv:
+                for job in active:
+                    job.sink(Failed(f"decoding failed: {e}"))
+                    self._release(job)
+            return
+        for job, row in zip(owners, logits):
+            try:
+                done = self._advance(job, row)
+            except Exception as e:
+                log.exception("sampling failed")
+                job.sink(Failed(f"sampling failed: {e}"))
+                done = True
+            if done:
+                with self._cv:
+                    self._release(job)
+
+    def _advance(self, job: Job, logits: np.ndarray) -> bool:
+        """Sample the job's next token and send what became visible; True when the job is done."""
+        if job.cancelled:
+            return True
+        if len(job.generated) < job.min_tokens:
+            logits = logits.copy()
+            logits[self._ends()] = -np.inf
+        history = (job.prompt + job.generated)[-64:]
+        token = next_token(logits, history, job.sampling, job.rng)
+        info = None
+        if job.logprobs >= 0:
+            lp = log_softmax(logits)
+            top = [(t, self.hook.token_bytes(t), v) for t, v in top_logprobs(lp, job.logprobs)]
+            info = TokenInfo(token, self.hook.token_bytes(token), float(lp[token]), top)
+        if self.hook.is_end(token):
+            return self._finish(job, "stop", job.text_bytes.decode("utf-8", errors="ignore"))
+        job.generated.append(token)
+        job.text_bytes += self.hook.token_bytes(token)
+        text = job.text_bytes.decode("utf-8", errors="ignore")
+        cut = min((i for i in (text.find(s) for s in job.stop) if i >= 0), default=-1)
+        if cut >= 0:
+            return self._finish(job, "stop", text[:cut], info)
+        if len(job.generated) >= job.max_tokens or len(job.prompt) + len(job.generated) >= self.n_ctx_seq:
+            return self._finish(job, "length", text, info)
+        visible = len(text) - _held_back(text, job.stop)
+        job.sink(Piece(text[job.n_sent:visible], [info] if info else []))
+        job.n_sent = max(job.n_sent, visible)
+        return False
+
+    def _finish(self, job: Job, reason: str, text: str, info: Optional[TokenInfo] = None) -> bool:
+        if len(text) > job.n_sent or info:
+            job.sink(Piece(text[job.n_sent:], [info] if info else []))
+        job.sink(Finished(reason, len(job.prompt), len(job.generated)))
+        return True
+
+    def _ends(self) -> np.ndarray:
+        """Every end-of-generation token id (for min_tokens), found once."""
+        if self._end_tokens is None:
+            n = self.hook.llm.n_vocab()
+            self._end_tokens = np.array([t for t in range(n) if self.hook.is_end(t)], dtype=np.int64)
+        return self._end_tokens
+
+
+def _held_back(text: str, stops: List[str]) -> int:
+    """Characters at the end of ``text`` that could start a stop string (not sent yet)."""
+    held = 0
+    for s in stops:
+        for n in range(min(len(s) - 1, len(text)), held, -1):
+            if text.endswith(s[:n]):
+                held = n
+                break
+    return held

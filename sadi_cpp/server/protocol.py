@@ -1,0 +1,119 @@
+"""The OpenAI wire format: request bodies (llama-cpp-python's server types plus the ``sadi``
+steering field), and the JSON of responses, stream chunks and errors built from batcher events."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Dict, List, Optional, Union
+
+from llama_cpp.server.types import CreateChatCompletionRequest, CreateCompletionRequest
+from pydantic import Field
+
+from sadi_cpp.batcher import TokenInfo
+
+SADI_FIELD = Field(default=None, description='Steering for this request: {"mask": NAME, "delta": 9, "top_k": 5, '
+                                             '"positions": "last"}; absent or null: unsteered.')
+
+
+class CompletionRequest(CreateCompletionRequest):
+    sadi: Optional[Dict[str, Any]] = SADI_FIELD
+    stream_options: Optional[Dict[str, Any]] = None
+
+
+class ChatRequest(CreateChatCompletionRequest):
+    sadi: Optional[Dict[str, Any]] = SADI_FIELD
+    stream_options: Optional[Dict[str, Any]] = None
+
+
+def unsupported(req: Union[CompletionRequest, ChatRequest]) -> Optional[str]:
+    """Why a request asks for something this server does not do (400), or None. Fields that would
+    change the answer are refused rather than ignored."""
+    if (req.n or 1) != 1:
+        return "n: only one choice per request is supported"
+    if getattr(req, "best_of", 1) not in (None, 1):
+        return "best_of: only 1 is supported"
+    if req.logit_bias:
+        return "logit_bias is not supported"
+    if req.grammar:
+        return "grammar is not supported"
+    if req.mirostat_mode:
+        return "mirostat_mode is not supported"
+    if getattr(req, "echo", False):
+        return "echo is not supported"
+    if getattr(req, "suffix", None):
+        return "suffix is not supported"
+    for name in ("tools", "functions", "tool_choice", "function_call"):
+        if getattr(req, name, None):
+            return f"{name}: tool and function calls are not supported"
+    fmt = getattr(req, "response_format", None)
+    if fmt and dict(fmt).get("type", "text") != "text":
+        return "response_format: only text is supported"
+    return None
+
+
+def error_body(message: str, kind: str, code: Optional[str] = None, param: Optional[str] = None) -> Dict[str, Any]:
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+class Reply:
+    """Builds the response JSON of one request, whole or chunk by chunk."""
+
+    def __init__(self, chat: bool, model: str, steering: Optional[Dict[str, Any]]):
+        self.chat = chat
+        self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
+        self.created = int(time.time())
+        self.model = model
+        self.steering = steering
+        self.offset = 0  # text offset of the next token, for completion logprobs
+
+    def _head(self, obj: str) -> Dict[str, Any]:
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "sadi": self.steering}
+
+    def logprobs(self, tokens: List[TokenInfo]) -> Optional[Dict[str, Any]]:
+        if not tokens:
+            return None
+        if self.chat:
+            return {"content": [{
+                "token": _text(t.piece), "logprob": t.logprob, "bytes": list(t.piece),
+                "top_logprobs": [{"token": _text(p), "logprob": v, "bytes": list(p)} for _, p, v in t.top],
+            } for t in tokens]}
+        out: Dict[str, Any] = {"tokens": [], "text_offset": [], "token_logprobs": [], "top_logprobs": []}
+        for t in tokens:
+            out["tokens"].append(_text(t.piece))
+            out["text_offset"].append(self.offset)
+            out["token_logprobs"].append(t.logprob)
+            out["top_logprobs"].append({_text(p): v for _, p, v in t.top})
+            self.offset += len(_text(t.piece))
+        return out
+
+    def whole(self, text: str, tokens: Optional[List[TokenInfo]], reason: str, usage: Dict[str, int]) -> Dict[str, Any]:
+        lp = self.logprobs(tokens) if tokens is not None else None
+        if self.chat:
+            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": lp, "finish_reason": reason}
+            return {**self._head("chat.completion"), "choices": [choice], "usage": usage}
+        choice = {"index": 0, "text": text, "logprobs": lp, "finish_reason": reason}
+        return {**self._head("text_completion"), "choices": [choice], "usage": usage}
+
+    def chunk(self, text: Optional[str], tokens: Optional[List[TokenInfo]], reason: Optional[str] = None,
+              first: bool = False) -> Dict[str, Any]:
+        lp = self.logprobs(tokens) if tokens else None
+        if self.chat:
+            delta: Dict[str, Any] = {} if text is None else {"content": text}
+            if first:
+                delta = {"role": "assistant", "content": ""}
+            choice = {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": reason}
+            return {**self._head("chat.completion.chunk"), "choices": [choice]}
+        choice = {"index": 0, "text": text or "", "logprobs": lp, "finish_reason": reason}
+        return {**self._head("text_completion"), "choices": [choice]}
+
+    def usage_chunk(self, usage: Dict[str, int]) -> Dict[str, Any]:
+        return {**self._head("chat.completion.chunk" if self.chat else "text_completion"), "choices": [], "usage": usage}
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> Dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+
+
+def _text(piece: bytes) -> str:
+    return piece.decode("utf-8", errors="replace")

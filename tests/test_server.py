@@ -1,0 +1,243 @@
+"""sadi-cpp serve on the tiny f32 model: a real server in a subprocess, spoken to with the official
+openai client and with raw HTTP. Requests decoded together must answer exactly as alone."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import openai
+import pytest
+
+from server_helpers import Server, write_random_masks
+from tiny_model import TinyLlama
+
+TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+            "{% if add_generation_prompt %}assistant:{% endif %}")
+MASKS = {"tiny.head": ("head", 3, 9.0), "tiny.neuron": ("neuron", 20, 15.0), "tiny.hidden": ("hidden", 6, -6.0)}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("serve")
+    model = TinyLlama().write(root / "tiny-chat.gguf", chat_template=TEMPLATE)
+    masks = root / "masks"
+    masks.mkdir()
+    write_random_masks(model, masks, MASKS)
+    other = TinyLlama(n_layer=2).write(root / "other.gguf")
+    write_random_masks(other, masks, {"other.head": ("head", 2, 9.0)})
+    (masks / "broken.sadi.gguf").write_bytes(b"GGUF\x03\x00\x00\x00garbage")
+    with Server([str(model), "--masks", str(masks), "--n-parallel", "24", "--n-ctx", "128"]) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory):
+    """A server with an API key, one sequence, no waiting line, on a model without a chat template."""
+    root = tmp_path_factory.mktemp("guarded")
+    model = TinyLlama().write(root / "tiny.gguf")
+    with Server([str(model), "--masks", str(root), "--n-parallel", "1", "--max-queue", "0", "--n-ctx", "256"],
+                api_key="sekrit") as srv:
+        yield srv
+
+
+def client(srv: Server, key: Optional[str] = None) -> openai.OpenAI:
+    return openai.OpenAI(base_url=srv.url + "/v1", api_key=key or srv.api_key or "none", max_retries=0, timeout=120)
+
+
+def test_start_lists_masks_and_skips_the_others(served: Server):
+    status, body = served.get("/v1/masks")
+    assert status == 200
+    assert {m["id"] for m in body["data"]} == set(MASKS)
+    head = next(m for m in body["data"] if m["id"] == "tiny.head")
+    assert (head["site"], head["top_k"], head["delta"], head["positions"]) == ("head", 3, 9.0, "last")
+    assert head["model"]["arch"] == "llama" and len(head["pairs_sha256"]) == 64
+    log = served.output()
+    assert "skipped other.head.sadi.gguf: made for another model" in log
+    assert "skipped broken.sadi.gguf" in log
+    assert served.get("/v1/models")[1]["data"][0]["id"] == "tiny-chat.gguf"
+    assert served.get("/health")[1]["status"] == "ok"
+
+
+def test_completion_and_chat_whole_and_streamed(served: Server):
+    c = client(served)
+    steer = {"mask": "tiny.head", "delta": 12}
+    whole = c.completions.create(model="x", prompt="Hello there", max_tokens=12, temperature=0, extra_body={"sadi": steer})
+    assert whole.choices[0].finish_reason in ("length", "stop")
+    # the byte vocabulary: BOS, then one token per byte of "▁Hello▁there" (SentencePiece's space marks)
+    assert whole.usage.completion_tokens >= 1 and whole.usage.prompt_tokens == 1 + len("▁Hello▁there".encode())
+    assert whole.model_extra["sadi"] == {"mask": "tiny.head", "top_k": 3, "delta": 12.0, "positions": "last"}
+    pieces = list(c.completions.create(model="x", prompt="Hello there", max_tokens=12, temperature=0, stream=True,
+                                       extra_body={"sadi": steer}))
+    assert "".join(p.choices[0].text for p in pieces) == whole.choices[0].text
+    assert pieces[-1].choices[0].finish_reason == whole.choices[0].finish_reason
+    assert all(p.model_extra["sadi"]["mask"] == "tiny.head" for p in pieces)
+
+    msgs = [{"role": "user", "content": "Hi"}]
+    chat = c.chat.completions.create(model="x", messages=msgs, max_tokens=10, temperature=0, logprobs=True, top_logprobs=2)
+    assert chat.model_extra["sadi"] is None
+    assert chat.choices[0].message.role == "assistant"
+    content = chat.choices[0].logprobs.content
+    assert len(content) == chat.usage.completion_tokens
+    assert all(len(t.top_logprobs) == 2 and t.top_logprobs[0].logprob >= t.logprob - 1e-9 for t in content)
+    streamed = list(c.chat.completions.create(model="x", messages=msgs, max_tokens=10, temperature=0, stream=True,
+                                              stream_options={"include_usage": True}))
+    assert streamed[0].choices[0].delta.role == "assistant"
+    assert "".join(s.choices[0].delta.content or "" for s in streamed if s.choices) == chat.choices[0].message.content
+    assert streamed[-1].usage.completion_tokens == chat.usage.completion_tokens
+
+
+def test_steering_changes_the_answer_and_sampling_is_reproducible(served: Server):
+    c = client(served)
+
+    def text(**kw: Any) -> str:
+        return c.completions.create(model="x", prompt="abc", max_tokens=16, **kw).choices[0].text
+
+    plain = text(temperature=0)
+    assert text(temperature=0, extra_body={"sadi": {"mask": "tiny.neuron", "positions": "all"}}) != plain
+    assert text(temperature=0, extra_body={"sadi": {"mask": "tiny.neuron", "delta": 0}}) == plain
+    assert text(temperature=0, extra_body={"sadi": None}) == plain
+    wide = {"top_k": 0, "min_p": 0.0}  # llama.cpp-style fields go in the extra body
+    a = text(temperature=1.0, seed=7, top_p=1.0, extra_body=wide)
+    assert a == text(temperature=1.0, seed=7, top_p=1.0, extra_body=wide)
+    assert any(text(temperature=1.0, seed=s, top_p=1.0, extra_body=wide) != a for s in range(8, 12))
+
+
+def test_stop_strings_end_the_answer(served: Server):
+    c = client(served)
+    full = c.completions.create(model="x", prompt="Hello", max_tokens=24, temperature=0).choices[0].text
+    cut = next((i for i in range(2, len(full)) if full[i].isprintable() and not full[i].isspace()), None)
+    assert cut is not None, f"no printable character to stop at in {full!r}"
+    stop = full[cut]
+    first = full.index(stop)
+    got = c.completions.create(model="x", prompt="Hello", max_tokens=24, temperature=0, stop=[stop])
+    assert got.choices[0].text == full[:first] and got.choices[0].finish_reason == "stop"
+    streamed = c.completions.create(model="x", prompt="Hello", max_tokens=24, temperature=0, stop=[stop], stream=True)
+    assert "".join(p.choices[0].text for p in streamed) == full[:first]
+
+
+def _spec(i: int) -> Dict[str, Any]:
+    """Request i of the cross-talk mix: chat or completion, one of three masks at several deltas
+    and policies or none, prompts and answers of different lengths."""
+    rng = np.random.default_rng(100 + i)
+    steering = [None, {"mask": "tiny.head"}, {"mask": "tiny.head", "delta": -3, "top_k": 5},
+                {"mask": "tiny.neuron", "positions": "all"}, {"mask": "tiny.hidden", "delta": 6, "positions": "last+generated"},
+                {"mask": "tiny.neuron", "delta": 4}, None][i % 7]
+    words = "".join(chr(c) for c in rng.integers(97, 123, size=int(rng.integers(2, 60))))
+    spec: Dict[str, Any] = {"max_tokens": int(rng.integers(3, 30)), "temperature": 0, "sadi": steering}
+    if i % 2:
+        spec["messages"] = [{"role": "user", "content": words}]
+        spec["logprobs"] = True
+    else:
+        spec["prompt"] = words
+        spec["logprobs"] = 0
+    return spec
+
+
+def _answer(srv: Server, spec: Dict[str, Any]) -> Dict[str, Any]:
+    chat = "messages" in spec
+    status, body = srv.post("/v1/chat/completions" if chat else "/v1/completions", spec)
+    assert status == 200, body
+    choice = body["choices"][0]
+    if chat:  # the bytes of every token: exact token identity on the byte vocabulary
+        tokens = [bytes(t["bytes"]) for t in choice["logprobs"]["content"]]
+        text = choice["message"]["content"]
+    else:
+        tokens = choice["logprobs"]["tokens"]
+        text = choice["text"]
+    return {"text": text, "tokens": tokens, "finish": choice["finish_reason"], "sadi": body["sadi"]}
+
+
+def test_64_concurrent_requests_answer_exactly_as_alone(served: Server):
+    specs = [_spec(i) for i in range(72)]
+    before = served.get("/health")[1]["decodes"]
+    with ThreadPoolExecutor(len(specs)) as pool:
+        together = list(pool.map(lambda s: _answer(served, s), specs))
+    decodes = served.get("/health")[1]["decodes"] - before
+    alone = [_answer(served, s) for s in specs]
+    for i, (t, a) in enumerate(zip(together, alone)):
+        assert t == a, f"request {i} ({specs[i]['sadi']}) answered differently in the batch"
+        if specs[i]["sadi"]:
+            assert t["sadi"]["mask"] == specs[i]["sadi"]["mask"]
+        else:
+            assert t["sadi"] is None
+    # the requests really shared decodes: one at a time needs a decode per generated token
+    tokens = sum(len(a["tokens"]) for a in alone)
+    assert decodes < tokens / 4, (decodes, tokens)
+    # and steering acted: steered requests differ from the same prompt unsteered
+    differs = sum(_answer(served, {**s, "sadi": None})["tokens"] != a["tokens"] for s, a in zip(specs, alone) if s["sadi"])
+    assert differs >= 10, differs
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ({"prompt": "x", "temperature": "hot"}, "temperature"),
+    ({"prompt": "x", "sadi": {"mask": "nope"}}, "unknown mask 'nope'"),
+    ({"prompt": "x", "sadi": {"mask": "tiny.head", "delta": "big"}}, "sadi.delta"),
+    ({"prompt": "x", "sadi": {"mask": "tiny.head", "delta": 1e300 * 10}}, "sadi.delta"),
+    ({"prompt": "x", "sadi": {"mask": "tiny.head", "top_k": 0}}, "sadi.top_k"),
+    ({"prompt": "x", "sadi": {"mask": "tiny.head", "positions": "first"}}, "sadi.positions"),
+    ({"prompt": "x", "sadi": {"mask": "tiny.head", "strength": 3}}, "unknown field(s) strength"),
+    ({"prompt": "x", "sadi": "tiny.head"}, "sadi"),
+    ({"prompt": "x" * 200}, "the prompt has 204 tokens"),  # BOS, "▁" (3 bytes), 200 bytes
+    ({"prompt": "x", "n": 2}, "n: only one"),
+    ({"prompt": "x", "logit_bias": {"5": 3}}, "logit_bias"),
+    ({"prompt": ["a", "b"]}, "give one string"),
+    ({"prompt": "x", "top_p": 3}, "top_p"),
+])
+def test_bad_requests_get_400_with_the_reason(served: Server, body: Dict[str, Any], fragment: str):
+    status, reply = served.post("/v1/completions", body)
+    assert status == 400, reply
+    assert fragment in reply["error"]["message"], reply
+    assert reply["error"]["type"] == "invalid_request_error"
+
+
+def test_malformed_bodies_and_nan_get_400(served: Server):
+    status, reply = served.request("POST", "/v1/completions", raw=b"{not json")
+    assert status == 400 and "error" in reply
+    status, reply = served.request("POST", "/v1/completions", raw=b'{"prompt": "x", "sadi": {"mask": "tiny.head", "delta": NaN}}')
+    assert status == 400 and "sadi.delta" in reply["error"]["message"], reply
+    status, reply = served.post("/v1/chat/completions", {"messages": []})
+    assert status == 400 and "messages" in reply["error"]["message"]
+    assert served.get("/health")[1]["status"] == "ok"  # none of it hurt the server
+
+
+def test_api_key_chat_template_and_busy(guarded: Server):
+    status, reply = guarded.get("/v1/models", headers={"Authorization": "Bearer wrong"})
+    assert status == 401 and reply["error"]["code"] == "invalid_api_key"
+    assert guarded.request("GET", "/v1/masks", headers={"Authorization": ""})[0] == 401
+    with pytest.raises(openai.AuthenticationError):
+        client(guarded, key="wrong").completions.create(model="x", prompt="a", max_tokens=2)
+    c = client(guarded)
+    assert c.completions.create(model="x", prompt="a", max_tokens=2, temperature=0).usage.completion_tokens >= 1
+    with pytest.raises(openai.BadRequestError, match="no chat template"):
+        c.chat.completions.create(model="x", messages=[{"role": "user", "content": "hi"}])
+    # one sequence, no waiting line: a second request while one runs gets 429
+    conn = http.client.HTTPConnection("127.0.0.1", guarded.port, timeout=60)
+    conn.request("POST", "/v1/completions", json.dumps({"prompt": "a", "max_tokens": 200, "stream": True, "temperature": 0}),
+                 {"Content-Type": "application/json", "Authorization": "Bearer sekrit"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    resp.fp.readline()  # the first chunk arrived: the request holds the only sequence
+    status, reply = guarded.post("/v1/completions", {"prompt": "b", "max_tokens": 2})
+    assert status == 429 and reply["error"]["type"] == "rate_limit_error", reply
+    # the client goes away mid-answer: its sequence is free again at once
+    conn.close()
+    deadline = time.monotonic() + 10
+    while guarded.get("/health")[1]["running"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert guarded.get("/health")[1]["running"] == 0
+    status, reply = guarded.post("/v1/completions", {"prompt": "b", "max_tokens": 2})
+    assert status == 200, reply
+
+
+def test_playground_page_is_self_contained(served: Server):
+    conn = http.client.HTTPConnection("127.0.0.1", served.port, timeout=30)
+    conn.request("GET", "/")
+    page = conn.getresponse().read().decode()
+    assert "<select id=\"mask\">" in page and "/v1/masks" in page
+    assert "http://" not in page and "https://" not in page  # nothing fetched from outside the machine
