@@ -1,0 +1,63 @@
+"""The playground page in a real headless Chromium: it loads, lists the masks, and streams an
+unsteered and a steered answer side by side. The screenshot is kept as the test's artifact
+(in $SADI_CPP_ARTIFACTS, else the test's temporary folder), not in git."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import websockets  # noqa: F401  (the DevTools client; a test dependency)
+
+from browser import Browser, find_browser
+from server_helpers import Server, write_random_masks
+from tiny_model import TinyLlama
+
+
+@pytest.fixture(scope="module")
+def browser():
+    exe = find_browser()
+    if exe is None:
+        if os.environ.get("SADI_CPP_NO_BROWSER") == "1":
+            pytest.skip("no Chromium, and SADI_CPP_NO_BROWSER=1 says that is fine here")
+        pytest.fail("the playground test needs Chromium: apt-get install chromium (or set SADI_CPP_NO_BROWSER=1 to skip it)")
+    b = Browser(exe)
+    yield b
+    b.close()
+
+
+def test_playground_streams_both_answers_side_by_side(browser: Browser, tmp_path: Path):
+    model = TinyLlama().write(tmp_path / "tiny.gguf")
+    write_random_masks(model, tmp_path, {"tiny.head": ("head", 3, 9.0), "tiny.neuron": ("neuron", 20, 15.0)})
+    with Server([str(model), "--masks", str(tmp_path), "--n-ctx", "128"]) as srv:
+        browser.call("Page.enable")
+        browser.call("Page.navigate", url=srv.url + "/")
+        options = browser.wait_for("document.querySelectorAll('#mask option').length === 2 && "
+                                   "[...document.querySelectorAll('#mask option')].map(o => o.value)")
+        assert options == ["tiny.head", "tiny.neuron"]
+        assert browser.eval("document.getElementById('delta').value") == "9"  # the first mask's recommended delta
+        browser.eval("document.getElementById('mask').value = 'tiny.neuron';"
+                     "document.getElementById('mask').dispatchEvent(new Event('change'));"
+                     "document.getElementById('positions').value = 'all';"
+                     "document.getElementById('prompt').value = 'Hello';"
+                     "document.getElementById('max-tokens').value = '24';"
+                     "document.getElementById('run').click()")
+        browser.wait_for("document.getElementById('plain').dataset.done === 'true' && "
+                         "document.getElementById('steered').dataset.done === 'true'")
+        page = browser.eval("({plain: document.getElementById('plain').textContent,"
+                            " steered: document.getElementById('steered').textContent,"
+                            " title: document.getElementById('steered-title').textContent,"
+                            " status: document.getElementById('status').textContent})")
+        artifacts = Path(os.environ.get("SADI_CPP_ARTIFACTS", tmp_path))
+        artifacts.mkdir(parents=True, exist_ok=True)
+        (artifacts / "playground.png").write_bytes(browser.screenshot())
+        # the same two requests through the API: the page shows exactly these answers
+        base = {"prompt": "Hello", "max_tokens": 24, "temperature": 0}
+        plain = srv.post("/v1/completions", base)[1]["choices"][0]["text"]
+        steered = srv.post("/v1/completions", {**base, "sadi": {"mask": "tiny.neuron", "delta": 15, "positions": "all"}})[1]
+    assert page["status"] == ""
+    assert page["title"] == "steered: tiny.neuron, delta 15, all"
+    assert page["plain"] == plain
+    assert page["steered"] == steered["choices"][0]["text"]
+    assert page["plain"] != page["steered"]
