@@ -26,6 +26,9 @@ from sadi_cpp.sampling import SamplingParams, log_softmax, next_token, top_logpr
 log = logging.getLogger("sadi_cpp.server")
 
 
+KEEP_UNUSED = 16  # steering configurations kept in the engine after their last request ends
+
+
 class QueueFull(SadiError):
     """Every sequence is busy and the waiting line is full (HTTP 429)."""
 
@@ -166,17 +169,24 @@ class Batcher:
                     self._admit(self._waiting.popleft())
                 active = list(self._active)
             if active:
-                self._step(active)
+                try:
+                    self._step(active)
+                except Exception as e:  # a bug must fail the requests at hand, never stop the worker
+                    log.exception("batcher step failed")
+                    with self._cv:
+                        for job in [j for j in active if j in self._active]:
+                            job.sink(Failed(f"internal error: {e}"))
+                            self._release(job)
         for job in self._active + list(self._waiting):
             job.sink(Failed("the server is shutting down"))
 
     def _admit(self, job: Job) -> None:
         job.seq = self._free.pop(0)
-        job.rng = np.random.default_rng(job.seed)
         try:
+            job.rng = np.random.default_rng(job.seed)
             if job.steer is not None:
                 self.hook.bind(job.seq, self._acquire(job.steer))
-        except SadiError as e:
+        except Exception as e:
             self._free.insert(0, job.seq)
             job.sink(Failed(str(e)))
             return
@@ -186,7 +196,7 @@ class Batcher:
         """The engine configuration for a steering, shared by the requests that use the same one."""
         key = (steer.mask, steer.top_k, steer.delta)
         if key in self._configs:
-            name, users = self._configs[key]
+            name, users = self._configs.pop(key)  # re-inserted last: the most recently used
         else:
             name, users = f"request-{next(self._names)}", 0
             self.hook.configure(name, self.library.units(steer), steer.delta, steer.positions)
@@ -201,13 +211,17 @@ class Batcher:
             if job.steer is not None:
                 key = (job.steer.mask, job.steer.top_k, job.steer.delta)
                 name, users = self._configs[key]
-                if users == 1:
-                    del self._configs[key]
-                    self.hook.remove_config(name)
-                else:
-                    self._configs[key] = (name, users - 1)
+                self._configs[key] = (name, users - 1)
+                self._forget_unused()
         finally:
             self._free.append(job.seq)
+
+    def _forget_unused(self) -> None:
+        """Keep up to KEEP_UNUSED configurations nobody uses (the next request with the same
+        steering finds it ready); drop the oldest beyond that."""
+        unused = [k for k, (_, users) in self._configs.items() if users == 0]
+        for key in unused[: max(0, len(unused) - KEEP_UNUSED)]:
+            self.hook.remove_config(self._configs.pop(key)[0])
 
     def _step(self, active: List[Job]) -> None:
         rows: List[BatchRow] = []

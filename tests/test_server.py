@@ -195,6 +195,8 @@ def test_64_concurrent_requests_answer_exactly_as_alone(served: Server):
     ({"prompt": "x", "logit_bias": {"5": 3}}, "logit_bias"),
     ({"prompt": ["a", "b"]}, "give one string"),
     ({"prompt": "x", "top_p": 3}, "top_p"),
+    ({"prompt": "x", "seed": -5}, "seed must be in"),
+    ({"prompt": "x", "logprobs": 50}, "logprobs must be at most 20"),
 ])
 def test_bad_requests_get_400_with_the_reason(served: Server, body: Dict[str, Any], fragment: str):
     status, reply = served.post("/v1/completions", body)
@@ -210,6 +212,16 @@ def test_malformed_bodies_and_nan_get_400(served: Server):
     assert status == 400 and "sadi.delta" in reply["error"]["message"], reply
     status, reply = served.post("/v1/chat/completions", {"messages": []})
     assert status == 400 and "messages" in reply["error"]["message"]
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    status, reply = served.post("/v1/chat/completions", {"messages": [{"role": "user", "content": [image]}]})
+    assert status == 400 and "only text parts" in reply["error"]["message"], reply
+    parts = [{"type": "text", "text": "Hel"}, {"type": "text", "text": "lo"}]
+    joined = served.post("/v1/chat/completions", {"messages": [{"role": "user", "content": parts}], "max_tokens": 4, "temperature": 0})
+    whole = served.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 4, "temperature": 0})
+    assert joined[0] == 200 and joined[1]["choices"] == whole[1]["choices"], joined
+    # accepted oddities: an empty stop string (ignored), seed -1 (random), max_tokens 0 (up to the context)
+    status, reply = served.post("/v1/completions", {"prompt": "x", "stop": [""], "seed": -1, "max_tokens": 0, "temperature": 0})
+    assert status == 200 and reply["usage"]["completion_tokens"] >= 1, reply
     assert served.get("/health")[1]["status"] == "ok"  # none of it hurt the server
 
 

@@ -8,7 +8,7 @@ import asyncio
 import json
 import secrets
 from importlib import resources
-from typing import Any, AsyncIterator, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, AsyncIterator, Dict, List, Optional, Union
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -23,6 +23,7 @@ from sadi_cpp.sampling import SamplingParams
 from sadi_cpp.server.protocol import ChatRequest, CompletionRequest, Reply, error_body, unsupported, usage
 
 POLL_SECONDS = 0.25  # how often a non-streaming request checks that its client is still there
+MAX_LOGPROBS = 20  # alternatives per token (OpenAI's limit for chat)
 
 
 class ApiError(Exception):
@@ -97,7 +98,7 @@ def create_app(hook: Hook, library: MaskLibrary, batcher: Batcher, model_id: str
         if not body.messages:
             raise bad_request("messages: give at least one message", "messages")
         try:
-            tokens, stop = chat_prompt(hook, [dict(m) for m in body.messages])
+            tokens, stop = chat_prompt(hook, _text_messages(body.messages))
         except BadInputError as e:
             raise bad_request(str(e), "messages") from None
         return await _answer(body, request, tokens, stop, chat=True)
@@ -113,18 +114,23 @@ def create_app(hook: Hook, library: MaskLibrary, batcher: Batcher, model_id: str
                                       body.frequency_penalty or 0.0, body.presence_penalty or 0.0)
         except BadInputError as e:
             raise bad_request(str(e), "sadi" if "sadi" in str(e) else None) from None
-        stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+        stop = [s for s in ([body.stop] if isinstance(body.stop, str) else list(body.stop or [])) if s]
         if chat:
             n_logprobs = (body.top_logprobs or 0) if body.logprobs else -1
         else:
             n_logprobs = -1 if body.logprobs is None else body.logprobs
+        if n_logprobs > MAX_LOGPROBS:
+            raise bad_request(f"{'top_logprobs' if chat else 'logprobs'} must be at most {MAX_LOGPROBS}, got {n_logprobs}")
+        seed = body.seed
+        if seed is not None and not (seed == -1 or 0 <= seed < 2**63):
+            raise bad_request(f"seed must be in 0..2^63-1 (or -1: random), got {seed}", "seed")
         max_tokens = body.max_tokens if body.max_tokens not in (None, 0) else batcher.n_ctx_seq
         if max_tokens < 0:
             raise bad_request("max_tokens must be >= 0", "max_tokens")
         loop = asyncio.get_running_loop()
         events: "asyncio.Queue[Any]" = asyncio.Queue()
         job = Job(prompt=list(tokens), max_tokens=max_tokens, sink=lambda e: loop.call_soon_threadsafe(events.put_nowait, e),
-                  sampling=sampling, seed=body.seed, stop=stop + template_stop, logprobs=n_logprobs, steer=steer,
+                  sampling=sampling, seed=None if seed == -1 else seed, stop=stop + template_stop, logprobs=n_logprobs, steer=steer,
                   min_tokens=body.min_tokens)
         try:
             batcher.submit(job)
@@ -186,6 +192,21 @@ def create_app(hook: Hook, library: MaskLibrary, batcher: Batcher, model_id: str
             batcher.cancel(job)
 
     return app
+
+
+def _text_messages(messages: List[Any]) -> List[Dict[str, Any]]:
+    """Messages with their content as one string: a list of text parts is joined; any other
+    part (an image, audio) is refused, the model reads text only."""
+    out = []
+    for i, m in enumerate(messages):
+        m = dict(m)
+        if isinstance(m.get("content"), list):
+            parts = m["content"]
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in parts):
+                raise bad_request(f"messages[{i}].content: only text parts are supported", "messages")
+            m["content"] = "".join(p["text"] for p in parts)
+        out.append(m)
+    return out
 
 
 def _sse(obj: Dict[str, Any]) -> str:
