@@ -152,13 +152,14 @@ void Engine::probe_node(const ggml_tensor * t) {
 
 void Engine::end_probe() {
     probing_ = false;
-    const std::string missing[n_sites] = {"kqv_out-", "dense ffn_down input in layer ", "ffn_out-", "l_out-"};
+    const std::string missing[n_sites] = {"node kqv_out-", "dense FFN (an input of ffn_down) in layer ", "node ffn_out-",
+                                          "node l_out-"};
     for (int s = 0; s < n_sites; ++s) {
         problems_[size_t(s)].clear();
         for (int32_t il = 0; il < shape_.n_layer; ++il) {
             if (!probe_seen_[size_t(s)][size_t(il)]) {
                 problems_[size_t(s)] = "the " + shape_.arch + " graph has no " + missing[s] + std::to_string(il) +
-                                       " node, so the " + site_name(Site(s)) + " site cannot be read or steered";
+                                       ", so the " + site_name(Site(s)) + " site cannot be read or steered";
                 break;
             }
         }
