@@ -92,9 +92,11 @@ def test_no_import_circle():
 def test_layers_point_one_way():
     g = graph()
     for name, deps in g.items():
-        if not name.startswith("sadi_cpp.cli"):
+        # __main__ is `python -m sadi_cpp`, an entry point like the console script: above the CLI
+        if not name.startswith("sadi_cpp.cli") and name != "sadi_cpp.__main__":
             assert not {d for d in deps if d.startswith("sadi_cpp.cli")}, f"{name} imports the CLI"
-    for name in ("sadi_cpp.cli.masks", "sadi_cpp.cli.evaluation", "sadi_cpp.cli.data"):
+    assert not {n for n, deps in g.items() if "sadi_cpp.__main__" in deps}, "nothing imports __main__"
+    for name in ("sadi_cpp.cli.masks", "sadi_cpp.cli.evaluation", "sadi_cpp.cli.data", "sadi_cpp.cli.serve"):
         assert "sadi_cpp.cli.common" in g[name]
         assert not {d for d in g[name] if d.startswith("sadi_cpp.cli.") and d != "sadi_cpp.cli.common"}
 
@@ -104,7 +106,10 @@ def test_only_hook_touches_llama_cpp_python_internals():
     users = {name for name, path in modules().items() if pattern.search(path.read_text())}
     assert users == {"sadi_cpp.hook"}
     importers = {name for name, path in modules().items() if re.search(r"^\s*(from|import) llama_cpp", path.read_text(), re.M)}
-    assert importers == {"sadi_cpp.hook", "sadi_cpp._runtime"}
+    assert importers == {"sadi_cpp.hook", "sadi_cpp._runtime", "sadi_cpp.server.protocol"}
+    # the server reuses llama-cpp-python's public OpenAI request types, nothing else of it
+    protocol = modules()["sadi_cpp.server.protocol"].read_text()
+    assert re.findall(r"^\s*(?:from|import) (llama_cpp[\w.]*)", protocol, re.M) == ["llama_cpp.server.types"]
 
 
 def test_every_module_imports_alone():
