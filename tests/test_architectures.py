@@ -1,7 +1,8 @@
 """The architecture matrix: every family of arch_models.FAMILIES, f32 and Q8_0, each site checked
 by weight folding (steering with positions="all" equals the plain logits of a GGUF whose
 attn_output columns, ffn_down columns or ffn_down rows were scaled), delta 0 bit-identical to the
-unhooked model, the head site read the same with flash attention on and off.
+unhooked model, the head site read the same with flash attention on and off, and the recordings
+equal the inputs of the next linear layer.
 
 docs/models.md is this run's matrix: the last test compares it with the committed file (set
 SADI_CPP_WRITE_MODELS_MD=1 to write it instead)."""
@@ -142,6 +143,38 @@ def test_steering_equals_the_folded_weights(tiny, written, tmp_path, arch, site,
     MATRIX[(arch, variant, site)] = "folds"
 
 
+# How a layer's attention output reaches its l_out, per family: l_out = l_in + s * attn_out + s * ffn_out
+# (s: granite's residual scale, else 1). Gemma 2/3 and OLMo 2 normalise attn_out first (post norms):
+# their head recordings are checked by the folding above only.
+RESIDUAL_SCALE = {"llama": 1.0, "qwen2": 1.0, "qwen3": 1.0, "phi3": 1.0, "granite": 0.7, "command-r": 1.0, "gptneox": 1.0}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_recordings_are_the_next_linear_layers_inputs(tiny, written, arch):
+    """Recorded neurons times ffn_down (plus its bias) are the recorded FFN output; recorded heads
+    times attn_output (plus bias) are the attention's share of the residual stream."""
+    hook = sadi_cpp.attach(llama(written(arch, "f32")))
+    try:
+        with hook.recording(sites=("head", "neuron", "hidden", "residual"), positions="all") as rec:
+            hook.llm.eval(PROMPT)
+        head, neuron, hidden, resid = (rec.values(s).astype(np.float64) for s in ("head", "neuron", "hidden", "residual"))
+    finally:
+        hook.llm.close()
+    from arch_models import tensors_for
+
+    w = tensors_for(tiny, arch)
+    for il in range(tiny.n_layer):
+        p = f"blk.{il}."
+        ffn = neuron[:, il] @ w[p + "ffn_down.weight"].T + w.get(p + "ffn_down.bias", 0.0)
+        assert np.abs(ffn - hidden[:, il]).max() <= f32_tol(hidden[:, il]), f"{arch} layer {il}: neurons x ffn_down != FFN output"
+        if arch in RESIDUAL_SCALE and il > 0:
+            s = RESIDUAL_SCALE[arch]
+            attn = head[:, il] @ w[p + "attn_output.weight"].T + w.get(p + "attn_output.bias", 0.0)
+            share = (resid[:, il] - resid[:, il - 1]) / s - hidden[:, il]
+            assert np.abs(attn - share).max() <= f32_tol(resid[:, il] / s), f"{arch} layer {il}: heads x attn_output != attention output"
+    MATRIX[(arch, "f32", "recorded")] = "neuron, hidden, head" if arch in RESIDUAL_SCALE else "neuron, hidden"
+
+
 @pytest.mark.parametrize("arch", ARCHS)
 def test_head_site_with_flash_attention(tiny, written, tmp_path, arch):
     """GPU users run with flash attention: the head site reads the same values either way (to the
@@ -243,16 +276,21 @@ def render() -> str:
         "- **flash attention**: head values read with `flash_attn=True` equal those without to the kernel's f16",
         "  rounding (2^-5 of the largest value), and head steering under flash attention folds exactly.",
         "",
-        "| family | graph | variant | loads | head | neuron | hidden | flash attention |",
-        "|---|---|---|---|---|---|---|---|",
+        "- **recordings**: recorded neurons times ffn_down (plus bias) equal the recorded FFN output, and recorded heads",
+        "  times attn_output (plus bias) equal the attention's share of the recorded residual stream (families",
+        "  without post norms), to f32 rounding: the sites read the inputs of the next linear layer.",
+        "",
+        "| family | graph | variant | loads | head | neuron | hidden | flash attention | recordings |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for arch in ARCHS:
         for variant in VARIANTS:
             cells = [MATRIX.get((arch, variant, c), "FAILED") for c in ("loads", "head", "neuron", "hidden")]
             flash = MATRIX.get((arch, variant, "flash"), "FAILED") if variant == "f32" else "-"
-            lines.append(f"| {arch} | {FAMILIES[arch]} | {variant} | " + " | ".join(cells) + f" | {flash} |")
+            recorded = MATRIX.get((arch, variant, "recorded"), "FAILED") if variant == "f32" else "-"
+            lines.append(f"| {arch} | {FAMILIES[arch]} | {variant} | " + " | ".join(cells) + f" | {flash} | {recorded} |")
     moe = [MATRIX.get(("llama + 2 experts", "f32", c), "FAILED") for c in ("loads", "head", "neuron", "hidden")]
-    lines.append("| llama + 2 experts | mixture-of-experts FFN (Mixtral-style, Qwen3-MoE-style) | f32 | " + " | ".join(moe) + " | - |")
+    lines.append("| llama + 2 experts | mixture-of-experts FFN (Mixtral-style, Qwen3-MoE-style) | f32 | " + " | ".join(moe) + " | - | - |")
     lines += [
         "",
         "Real models: Gemma 3 270M Q4_K_M (gemma3, the default) and SmolLM2-135M-Instruct Q4_1 (llama) run",
