@@ -21,7 +21,7 @@ import numpy as np
 from sadi_cpp.errors import BadInputError, SadiError
 from sadi_cpp.hook import BatchRow, Hook
 from sadi_cpp.mask_library import MaskLibrary, Steer
-from sadi_cpp.sampling import SamplingParams, log_softmax, next_token, top_logprobs
+from sadi_cpp.sampling import PENALTY_LAST_N, SamplingParams, log_softmax, next_token, top_logprobs
 
 log = logging.getLogger("sadi_cpp.server")
 
@@ -276,7 +276,7 @@ class Batcher:
         if len(job.generated) < job.min_tokens:
             logits = logits.copy()
             logits[self._ends()] = -np.inf
-        history = (job.prompt + job.generated)[-64:]
+        history = (job.prompt + job.generated)[-PENALTY_LAST_N:]
         token = next_token(logits, history, job.sampling, job.rng)
         info = None
         if job.logprobs >= 0:

@@ -97,23 +97,8 @@ def write_arch(tiny: TinyLlama, arch: str, path: Path, quant: bool = False,
     tensors = {k: v.copy() for k, v in tensors_for(tiny, arch).items()}
     if edit is not None:
         edit(tensors)
-    writer = gguf.GGUFWriter(str(path), arch)
-    # not the family's name: llama.cpp treats a model named "phi3" as having Phi-3's special tokens
-    writer.add_name("tiny-test")
-    writer.add_block_count(tiny.n_layer)
-    writer.add_context_length(tiny.n_ctx)
-    writer.add_embedding_length(tiny.n_embd)
-    writer.add_feed_forward_length(tiny.n_ff)
-    writer.add_head_count(tiny.n_head)
-    writer.add_head_count_kv(tiny.n_head_kv)
-    if arch in NOT_RMS:
-        writer.add_layer_norm_eps(tiny.eps)
-    else:
-        writer.add_layer_norm_rms_eps(tiny.eps)
-    writer.add_rope_freq_base(tiny.rope_base)
-    writer.add_rope_dimension_count(tiny.head_dim)
-    writer.add_key_length(tiny.head_dim)
-    writer.add_value_length(tiny.head_dim)
+    writer = tiny.writer(path, arch, head_dims=True, layer_norm=arch in NOT_RMS,
+                         file_type=gguf.LlamaFileType.MOSTLY_Q8_0 if quant else gguf.LlamaFileType.ALL_F32)
     if arch == "granite":
         writer.add_logit_scale(0.5)
         writer.add_residual_scale(0.7)
@@ -123,18 +108,8 @@ def write_arch(tiny: TinyLlama, arch: str, path: Path, quant: bool = False,
         writer.add_parallel_residual(True)
     if arch in ("gemma2", "gemma3"):
         writer.add_sliding_window(16)  # shorter than the test prompts: the local layers really are local
-    writer.add_file_type(gguf.LlamaFileType.MOSTLY_Q8_0 if quant else gguf.LlamaFileType.ALL_F32)
-    tokens, scores, types = tiny.vocab()
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    writer.add_unk_token_id(0)
-    writer.add_add_bos_token(True)
     for name, arr in tensors.items():
-        q = _q8_0(arr) if quant and not name.split(".")[-2] in ("attn_output", "ffn_down") else None
+        q = _q8_0(arr) if quant and name.split(".")[-2] not in ("attn_output", "ffn_down") else None
         if q is not None:
             writer.add_tensor(name, q, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
         else:

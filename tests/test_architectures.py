@@ -70,6 +70,23 @@ def llama(path: Path, **kw) -> Llama:
     return Llama(**args)
 
 
+def plain_logits(path: Path, **kw) -> np.ndarray:
+    """The last prompt token's logits from an unhooked Llama on ``path``."""
+    llm = llama(path, **kw)
+    try:
+        return eval_fresh(llm, PROMPT)
+    finally:
+        llm.close()
+
+
+def steered_logits(hook, site: str, layer: int, units) -> np.ndarray:
+    """Logits with ``units`` of ``site`` in ``layer`` scaled by (1 + DELTA) at every position."""
+    mask = np.zeros((hook.shape.n_layer, hook.n_units(site)), bool)
+    mask[layer, units] = True
+    with hook.steering({site: mask}, delta=DELTA, positions="all"):
+        return eval_fresh(hook.llm, PROMPT)
+
+
 def tolerance(variant: str, reference: np.ndarray) -> float:
     return f32_tol(reference) if variant == "f32" else Q8_REL * max(1.0, float(np.abs(reference).max()))
 
@@ -80,9 +97,7 @@ def test_attaches_with_every_site_and_delta_zero_is_unhooked(written, arch, vari
     path = written(arch, variant)
     types = {t.tensor_type for t in gguf.GGUFReader(path).tensors}
     assert (gguf.GGMLQuantizationType.Q8_0 in types) == (variant == "q8_0")
-    plain_llm = llama(path)
-    plain = eval_fresh(plain_llm, PROMPT)
-    plain_llm.close()
+    plain = plain_logits(path)
     hook = sadi_cpp.attach(llama(path))
     try:
         assert hook.shape.arch == arch
@@ -118,20 +133,13 @@ def test_steering_equals_the_folded_weights(tiny, written, tmp_path, arch, site,
     layer, units = CASES[site]
     hook = sadi_cpp.attach(llama(written(arch, variant)))
     try:
-        mask = np.zeros((tiny.n_layer, hook.n_units(site)), bool)
-        mask[layer, units] = True
-        with hook.steering({site: mask}, delta=DELTA, positions="all"):
-            steered = eval_fresh(hook.llm, PROMPT)
+        steered = steered_logits(hook, site, layer, units)
     finally:
         hook.llm.close()
 
     def plain(at: int) -> np.ndarray:
-        path = write_arch(tiny, arch, tmp_path / f"fold-{at}.gguf", quant=variant == "q8_0", edit=_fold(tiny, site, at, units, 1 + DELTA))
-        llm = llama(path)
-        try:
-            return eval_fresh(llm, PROMPT)
-        finally:
-            llm.close()
+        return plain_logits(write_arch(tiny, arch, tmp_path / f"fold-{at}.gguf", quant=variant == "q8_0",
+                                       edit=_fold(tiny, site, at, units, 1 + DELTA)))
 
     want = plain(layer)
     tol = tolerance(variant, want)
@@ -191,10 +199,7 @@ def test_head_site_with_flash_attention(tiny, written, tmp_path, arch):
                 hook.llm.eval(PROMPT)
             values[fa] = rec.values("head")
             if fa:
-                mask = np.zeros((tiny.n_layer, hook.n_units("head")), bool)
-                mask[layer, units] = True
-                with hook.steering({"head": mask}, delta=DELTA, positions="all"):
-                    steered = eval_fresh(hook.llm, PROMPT)
+                steered = steered_logits(hook, "head", layer, units)
         finally:
             hook.llm.close()
     assert values[True].shape == values[False].shape == (len(PROMPT), tiny.n_layer, tiny.n_head * tiny.head_dim)
@@ -202,11 +207,7 @@ def test_head_site_with_flash_attention(tiny, written, tmp_path, arch):
     scale = float(np.abs(values[False]).max())
     assert err <= FLASH_REL * scale, f"{arch}: flash attention changes head values by {err:.3g} (largest {scale:.3g})"
     folded = write_arch(tiny, arch, tmp_path / "fold.gguf", edit=_fold(tiny, "head", layer, units, 1 + DELTA))
-    llm = llama(folded, flash_attn=True)
-    try:
-        want = eval_fresh(llm, PROMPT)
-    finally:
-        llm.close()
+    want = plain_logits(folded, flash_attn=True)
     assert np.abs(steered - want).max() <= f32_tol(want), f"{arch}: head steering under flash attention != folded weights"
     MATRIX[(arch, "f32", "flash")] = "same, folds"
 
@@ -237,19 +238,12 @@ def test_mixture_of_experts_row(tiny, tmp_path, site):
         with pytest.raises(sadi_cpp.errors.UnsupportedModelError, match="ffn_down"):
             with hook.steering({"neuron": np.ones((tiny.n_layer, tiny.n_ff), bool)}, delta=1.0):
                 pass
-        mask = np.zeros((tiny.n_layer, hook.n_units(site)), bool)
-        mask[layer, units] = True
-        with hook.steering({site: mask}, delta=DELTA, positions="all"):
-            steered = eval_fresh(hook.llm, PROMPT)
+        steered = steered_logits(hook, site, layer, units)
     finally:
         hook.llm.close()
 
     def plain(at: int) -> np.ndarray:
-        llm = llama(tiny.write(tmp_path / f"moe-{at}.gguf", n_expert=2, edit=fold(at)))
-        try:
-            return eval_fresh(llm, PROMPT)
-        finally:
-            llm.close()
+        return plain_logits(tiny.write(tmp_path / f"moe-{at}.gguf", n_expert=2, edit=fold(at)))
 
     want = plain(layer)
     assert np.abs(steered - want).max() <= f32_tol(want)

@@ -76,30 +76,7 @@ class TinyLlama:
         graph builder of the same weights plus its own (qwen2: q/k/v biases; qwen3: q/k norms).
         The numpy oracle models llama only; the other architectures are checked by weight
         folding (test_folding.py), whose ``edit`` changes the tensors just before they are written."""
-        writer = gguf.GGUFWriter(str(path), arch)
-        writer.add_name("tiny-test-llama")
-        writer.add_block_count(self.n_layer)
-        writer.add_context_length(self.n_ctx)
-        writer.add_embedding_length(self.n_embd)
-        writer.add_feed_forward_length(self.n_ff)
-        writer.add_head_count(self.n_head)
-        writer.add_head_count_kv(self.n_head_kv)
-        writer.add_layer_norm_rms_eps(self.eps)
-        writer.add_rope_freq_base(self.rope_base)
-        writer.add_rope_dimension_count(self.head_dim)
-        if arch == "qwen3":
-            writer.add_key_length(self.head_dim)
-            writer.add_value_length(self.head_dim)
-        writer.add_file_type(gguf.LlamaFileType.ALL_F32)
-        tokens, scores, types = self.vocab()
-        writer.add_tokenizer_model("llama")
-        writer.add_token_list(tokens)
-        writer.add_token_scores(scores)
-        writer.add_token_types(types)
-        writer.add_bos_token_id(1)
-        writer.add_eos_token_id(2)
-        writer.add_unk_token_id(0)
-        writer.add_add_bos_token(True)
+        writer = self.writer(path, arch, head_dims=arch == "qwen3")
         if chat_template is not None:
             writer.add_chat_template(chat_template)
         tensors = dict(self.w)
@@ -125,6 +102,40 @@ class TinyLlama:
         writer.write_tensors_to_file()
         writer.close()
         return path
+
+    def writer(self, path: Path, arch: str, head_dims: bool = False, layer_norm: bool = False,
+               file_type: "gguf.LlamaFileType" = gguf.LlamaFileType.ALL_F32) -> gguf.GGUFWriter:
+        """A GGUFWriter holding the keys every tiny model shares: the shape, the norm epsilon (RMS,
+        or ``layer_norm``), rope, the byte vocabulary; ``head_dims`` adds key/value lengths."""
+        writer = gguf.GGUFWriter(str(path), arch)
+        # not the family's name: llama.cpp treats a model named "phi3" as having Phi-3's special tokens
+        writer.add_name("tiny-test")
+        writer.add_block_count(self.n_layer)
+        writer.add_context_length(self.n_ctx)
+        writer.add_embedding_length(self.n_embd)
+        writer.add_feed_forward_length(self.n_ff)
+        writer.add_head_count(self.n_head)
+        writer.add_head_count_kv(self.n_head_kv)
+        if layer_norm:
+            writer.add_layer_norm_eps(self.eps)
+        else:
+            writer.add_layer_norm_rms_eps(self.eps)
+        writer.add_rope_freq_base(self.rope_base)
+        writer.add_rope_dimension_count(self.head_dim)
+        if head_dims:
+            writer.add_key_length(self.head_dim)
+            writer.add_value_length(self.head_dim)
+        writer.add_file_type(file_type)
+        tokens, scores, types = self.vocab()
+        writer.add_tokenizer_model("llama")
+        writer.add_token_list(tokens)
+        writer.add_token_scores(scores)
+        writer.add_token_types(types)
+        writer.add_bos_token_id(1)
+        writer.add_eos_token_id(2)
+        writer.add_unk_token_id(0)
+        writer.add_add_bos_token(True)
+        return writer
 
     def _extra_tensors(self, arch: str) -> Dict[str, np.ndarray]:
         rng = np.random.default_rng(self.seed + 7)

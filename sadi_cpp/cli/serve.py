@@ -44,6 +44,9 @@ def serve(
     out.print(f"masks from {lib.folder}: {', '.join(lib.masks) or 'none'}", soft_wrap=True, highlight=False)
     for name, why in lib.skipped:
         err.print(f"skipped {name}: {why}", soft_wrap=True, highlight=False)
+    if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
+        err.print(f"note: listening on {host} without --api-key: anyone who can reach this address may use the server",
+                  soft_wrap=True, highlight=False)
     out.print(f"{n_parallel} sequences of {n_ctx} tokens; listening on http://{host}:{port} (playground: /)",
               soft_wrap=True, highlight=False)
     service.batcher.start()
