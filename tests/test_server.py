@@ -260,3 +260,27 @@ def test_playground_page_is_self_contained(served: Server):
     page = conn.getresponse().read().decode()
     assert "<select id=\"mask\">" in page and "/v1/masks" in page
     assert "http://" not in page and "https://" not in page  # nothing fetched from outside the machine
+
+
+def test_chat_format_for_a_model_without_template(tmp_path: Path):
+    """--chat-format names llama-cpp-python's format; the prompt is the one that format builds."""
+    model = TinyLlama().write(tmp_path / "plain.gguf")
+    import sadi_cpp
+    from sadi_cpp.hook import chat_prompt, use_chat_format
+
+    hook = sadi_cpp.load(str(model), n_ctx=64)
+    try:
+        use_chat_format(hook, "chatml")
+        tokens, stop = chat_prompt(hook, [{"role": "user", "content": "Hi"}])
+        # llama-cpp-python's chatml formatter called directly, tokenized the way its handler does
+        from llama_cpp.llama_chat_format import format_chatml
+
+        made = format_chatml(messages=[{"role": "user", "content": "Hi"}])
+        assert "<|im_start|>user\nHi<|im_end|>" in made.prompt
+        want = hook.llm.tokenize(made.prompt.encode(), add_bos=not made.added_special, special=True)
+        assert tokens == want and stop == [made.stop]
+    finally:
+        hook.llm.close()
+    with Server([str(model), "--masks", str(tmp_path), "--chat-format", "chatml", "--n-ctx", "128"]) as srv:
+        status, reply = srv.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3})
+    assert status == 200 and reply["usage"]["prompt_tokens"] == len(want), reply
