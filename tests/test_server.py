@@ -284,3 +284,28 @@ def test_chat_format_for_a_model_without_template(tmp_path: Path):
     with Server([str(model), "--masks", str(tmp_path), "--chat-format", "chatml", "--n-ctx", "128"]) as srv:
         status, reply = srv.post("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3})
     assert status == 200 and reply["usage"]["prompt_tokens"] == len(want), reply
+
+
+def test_random_bodies_never_hurt_the_server(served: Server):
+    """300 bodies of random fields and types: each answer is 200 or 400 with an error message,
+    and the server keeps answering correctly afterwards."""
+    rng = np.random.default_rng(7)
+    values = [None, True, -1, 0, 3, 10**30, -1e308, 0.5, float("inf"), "", "x" * 50, "tiny.head", [], ["a"], {}, {"mask": "tiny.head"},
+              {"mask": "tiny.hidden", "delta": -1e4}, [{"role": "user"}], [{"role": "bot", "content": "x"}], [1, 2], {"a": [None]}]
+    fields = ["prompt", "messages", "max_tokens", "temperature", "top_p", "top_k", "min_p", "stop", "stream", "seed", "logprobs",
+              "top_logprobs", "sadi", "n", "repeat_penalty", "presence_penalty", "min_tokens", "stream_options", "model"]
+    before = served.post("/v1/completions", {"prompt": "abc", "max_tokens": 6, "temperature": 0})[1]["choices"][0]["text"]
+    for i in range(300):
+        body = {f: values[int(rng.integers(len(values)))] for f in rng.choice(fields, int(rng.integers(1, 6)), replace=False)}
+        body.setdefault("max_tokens", 4)
+        if isinstance(body.get("max_tokens"), int) and not isinstance(body["max_tokens"], bool) and body["max_tokens"] > 8:
+            body["max_tokens"] = 8  # keep it quick: the point is the field mix
+        body["stream"] = False
+        route = "/v1/chat/completions" if i % 2 else "/v1/completions"
+        status, reply = served.post(route, body)
+        assert status in (200, 400), (body, status, reply)
+        if status == 400:
+            assert reply["error"]["message"], body
+    assert served.get("/health")[1]["running"] == 0
+    after = served.post("/v1/completions", {"prompt": "abc", "max_tokens": 6, "temperature": 0})[1]["choices"][0]["text"]
+    assert after == before
