@@ -9,7 +9,9 @@ streaming greedy completions one after another. Printed per run: aggregate gener
 (all tokens / wall time), time to first token and latency (p50, p95 over requests), then the
 ratios the goals name, medians over --rounds rounds (this machine's speed drifts by 10-20% within
 minutes; steered and unsteered alternate which goes first). Last, the time of one llama.cpp
-decode of 8 generating rows against one row: what batching can gain at most. Tokens are counted as streamed chunks (one per token on both servers).
+decode of 8 generating rows against one row (what batching can gain at most), and the steering
+cost measured without HTTP: the batcher in-process, 8 requests all unsteered or all steered,
+alternating 7 times, the median ratio of wall times. Tokens are counted as streamed chunks (one per token on both servers).
 Both servers get the same thread count (both default to llama-cpp-python's choice otherwise);
 llama_cpp.server runs with --interrupt_requests False (its default cuts a running stream when the
 next request arrives, which leaves concurrent clients with a few tokens each).
@@ -195,10 +197,51 @@ def main() -> None:
         ratios[f"steered/unsteered sadi, {n} clients"] = rate("sadi-cpp serve", True, n) / rate("sadi-cpp serve", False, n)
     scaling = decode_scaling(model, args.threads, max(levels))
     ratios.update(scaling)
+    ratios.update(steering_cost(model, args.threads, masks / mask.name, max(levels), args.max_tokens))
     for k, v in ratios.items():
         print(f"{k}: {v:.3f}")
     write_json("server.json", {"machine": machine(), "args": {k: str(v) for k, v in vars(args).items()}, "runs": runs,
                                "medians": table, "ratios": ratios})
+
+
+def steering_cost(model: str, threads: int, mask_path: Path, n_jobs: int, max_tokens: int, pairs: int = 7) -> Dict[str, float]:
+    """The batcher in this process (no HTTP): n_jobs greedy requests decoded together, all
+    unsteered or all steered (last), alternating `pairs` times; the median ratio of wall times."""
+    import queue
+
+    import sadi_cpp
+    from sadi_cpp.batcher import Batcher, Finished, Job
+    from sadi_cpp.mask_library import MaskLibrary
+    from sadi_cpp.sampling import SamplingParams
+
+    hook = sadi_cpp.load(model, n_ctx=2048 * n_jobs, n_batch=512, n_ubatch=512, n_threads=threads, n_threads_batch=threads)
+    library = MaskLibrary.load(mask_path.parent, hook)
+    batcher = Batcher(hook, library, n_jobs, 2048, 0)
+    batcher.start()
+    name = mask_path.name[: -len(".sadi.gguf")]
+    prompts = [hook.llm.tokenize(p.encode()) for p in PROMPTS[:n_jobs]]
+
+    def run(steered: bool) -> float:
+        done: "queue.Queue[Any]" = queue.Queue()
+        steer = library.steer({"mask": name, "positions": "last"}) if steered else None
+        t0 = time.perf_counter()
+        for toks in prompts:
+            batcher.submit(Job(prompt=list(toks), max_tokens=max_tokens, sink=lambda e: done.put(e) if isinstance(e, Finished) else None,
+                               sampling=SamplingParams(temperature=0.0), steer=steer))
+        for _ in prompts:
+            done.get()
+        return time.perf_counter() - t0
+
+    run(False)  # warm-up
+    ratios = []
+    for k in range(pairs):
+        order = (False, True) if k % 2 == 0 else (True, False)
+        t = {s: run(s) for s in order}
+        ratios.append(t[True] / t[False])
+    batcher.stop()
+    hook.llm.close()
+    return {f"in-process steered/unsteered wall time, {n_jobs} requests (median of {pairs})": float(np.median(ratios)),
+            "in-process ratios min": float(min(ratios)), "in-process ratios max": float(max(ratios))}
 
 
 def decode_scaling(model: str, threads: int, rows: int) -> Dict[str, float]:
