@@ -2,10 +2,9 @@
 steering configurations) against the same requests sent alone.
 
 On this model llama.cpp's numbers depend on how rows are grouped into a decode: plain llama.cpp,
-without sadi-cpp, moves the first token's log-probabilities by up to ~0.13 nats when 16 prompts
-share a decode instead of running alone, and sadi-cpp's own grouping shows the same (0.44 nats
-for one unsteered prompt among 8); the drift compounds over the generated tokens and grows with
-the steering strength. So a batched answer may leave its solo twin at a near-tie. Two checks:
+without sadi-cpp, moves the first token's log-probabilities by up to 0.126 nats when 16 prompts
+share a decode instead of running alone (benchmarks/grouping_drift.py); the drift compounds over
+the generated tokens and grows with the steering strength. So a batched answer may leave its solo twin at a near-tie. Two checks:
 
 1. exact, at the engine: a row's logits are bit-identical whatever configurations the other
    sequences of its decode carry (none, or others'): another request's steering never reaches it;
