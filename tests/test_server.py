@@ -309,3 +309,13 @@ def test_random_bodies_never_hurt_the_server(served: Server):
     assert served.get("/health")[1]["running"] == 0
     after = served.post("/v1/completions", {"prompt": "abc", "max_tokens": 6, "temperature": 0})[1]["choices"][0]["text"]
     assert after == before
+
+
+def test_serve_refuses_bad_options_before_loading_anything(tmp_path: Path):
+    from helpers import bad
+
+    bad(["serve", "--masks", str(tmp_path / "none")], "no such folder of masks")
+    bad(["serve", "--n-parallel", "0"], "--n-parallel must be in 1..64")
+    bad(["serve", "--port", "0"], "--port must be in 1..65535")
+    bad(["serve", "--api-key", " "], "--api-key is empty")
+    bad(["serve", "a.gguf", "--model", "b.gguf"], "give the model once")

@@ -41,6 +41,8 @@ class Service:
             raise BadInputError(f"--max-queue must be >= 0, got {max_queue}")
         if api_key is not None and not api_key.strip():
             raise BadInputError("--api-key is empty: give a key, or leave the option out for an open server")
+        if masks is not None and not Path(masks).is_dir():  # before the model loads
+            raise BadInputError(f"{masks}: no such folder of masks (--masks names a folder holding *.sadi.gguf files)")
         kwargs: dict = {"n_ctx": n_ctx * n_parallel, "n_batch": N_BATCH, "n_ubatch": N_BATCH}
         if threads:
             kwargs["n_threads"] = kwargs["n_threads_batch"] = threads
