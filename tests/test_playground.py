@@ -8,7 +8,6 @@ import os
 from pathlib import Path
 
 import pytest
-import websockets  # noqa: F401  (the DevTools client; a test dependency)
 
 from browser import Browser, find_browser
 from server_helpers import Server, write_random_masks

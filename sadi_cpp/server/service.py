@@ -51,7 +51,7 @@ class Service:
         if chat_format is not None:
             choose_chat(hook, True, chat_format)
         elif not has_chat_template(hook):
-            chat_problem = (f"this model has no chat template (tokenizer.chat_template): use /v1/completions, "
+            chat_problem = ("this model has no chat template (tokenizer.chat_template): use /v1/completions, "
                             "or start the server with --chat-format (e.g. chatml)")
         library = MaskLibrary.load(Path(masks) if masks is not None else Path(hook.model_path).parent, hook)
         batcher = Batcher(hook, library, n_parallel, n_ctx, max_queue)
