@@ -124,3 +124,30 @@ def test_64_concurrent_requests_answer_as_alone_up_to_near_ties(masks):
         gap = t["lp"][j] - t["top"][j][solo_token]
         assert gap <= TIE_NATS, f"{(p, c)} leaves its solo answer at token {j} by {gap:.3f} nats"
     assert same >= len(pairs) // 2, f"only {same} of {len(pairs)} answers equal their solo run"
+
+
+def test_a_client_that_goes_away_frees_its_sequence(masks):
+    """Whole (non-streaming) answers too: the server notices the closed connection while the answer
+    is being generated (every 0.25 s) and frees the sequence before the answer is done."""
+    import http.client
+    import json
+    import time
+
+    with Server([str(resolve_model(None)), "--masks", str(masks), "--n-parallel", "1", "--max-queue", "0"]) as srv:
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
+        # 400 tokens take ~10 s here; end tokens are masked until then (min_tokens)
+        conn.request("POST", "/v1/completions", json.dumps({"prompt": "Once upon a time", "max_tokens": 400, "min_tokens": 400}),
+                     {"Content-Type": "application/json"})
+        deadline = time.monotonic() + 30
+        while srv.get("/health")[1]["running"] == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert srv.get("/health")[1]["running"] == 1
+        started = srv.get("/health")[1]["decodes"]
+        conn.close()
+        while srv.get("/health")[1]["running"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        health = srv.get("/health")[1]
+        assert health["running"] == 0
+        assert health["decodes"] - started < 300, "the answer ran to its end instead of stopping"
+        status, reply = srv.post("/v1/completions", {"prompt": "Hello", "max_tokens": 2})
+        assert status == 200, reply
