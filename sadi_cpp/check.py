@@ -12,9 +12,10 @@ from sadi_cpp.sites import RECORD_SITES
 
 def site_nodes(hook: Hook) -> Dict[str, str]:
     """The graph node each site reads, with L for the layer (e.g. ffn_geglu-L for neurons)."""
-    neuron, hidden = hook.engine.neuron_node(0), hook.engine.hidden_node(0)
+    neuron, hidden, expert = hook.engine.neuron_node(0), hook.engine.hidden_node(0), hook.engine.expert_node(0)
     return {"head": "kqv_out-L", "neuron": (neuron.rsplit("-", 1)[0] + "-L (input of ffn_down)") if neuron else "",
-            "hidden": (hidden.rsplit("-", 1)[0] + "-L") if hidden else "", "residual": "l_out-L"}
+            "hidden": (hidden.rsplit("-", 1)[0] + "-L") if hidden else "", "residual": "l_out-L",
+            "expert": (expert.rsplit("-", 1)[0] + "-L (input of ffn_moe_down)") if expert else ""}
 
 
 def report(hook: Hook) -> Dict[str, Any]:

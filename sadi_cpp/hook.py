@@ -498,11 +498,12 @@ class Hook:
     @contextlib.contextmanager
     def recording(
         self,
-        sites: Sequence[str] = SITES,
+        sites: Optional[Sequence[str]] = None,
         positions: str = DEFAULT_POLICY,
         capture: bool = True,
     ) -> Iterator[Recording]:
-        """Read the sites' values at the policy's positions during the block.
+        """Read the sites' values (default: every site this model allows) at the policy's positions
+        during the block.
 
         ``capture=True`` keeps every row (``Recording.values``); rows may also be summed into
         streaming accumulators with ``Recording.set_slot`` (memory independent of the number of
@@ -510,7 +511,7 @@ class Hook:
         """
         self._live()
         check_policy(positions)
-        sites = tuple(check_site(s, RECORD_SITES) for s in sites)
+        sites = tuple(check_site(s, RECORD_SITES) for s in (self.sites if sites is None else sites))
         with self._exclusive():
             yield from self._recording(sites, positions, capture)
 

@@ -135,9 +135,12 @@ class SadiMask:
         for key in ("n_layer", "n_embd", "n_head", "head_dim", "n_ff", "n_vocab"):
             if not 1 <= model[key] < 1 << 31:
                 raise bad(f"sadi.model.{key} is {model[key]}")
-        n_units = {"head": model["n_head"], "neuron": model["n_ff"], "hidden": model["n_embd"]}[site]
-        want = (model["n_layer"], n_units)
         table = tensors[sidecar.TABLE_TENSOR]
+        # an expert mask's width (n_expert * n_ff_exp) is not among the model fields: the table's own,
+        # checked against the model when the mask is applied
+        n_units = {"head": model["n_head"], "neuron": model["n_ff"], "hidden": model["n_embd"],
+                   "expert": table.shape[-1] if table.ndim == 2 and table.shape[-1] >= 1 else -1}[site]
+        want = (model["n_layer"], n_units)
         bits = tensors[sidecar.MASK_TENSOR]
         for name, arr in ((sidecar.TABLE_TENSOR, table), (sidecar.MASK_TENSOR, bits)):
             if arr.shape != want:

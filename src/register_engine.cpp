@@ -21,7 +21,8 @@ Site to_site(const std::string & name) {
     if (name == "neuron") return Site::neuron;
     if (name == "hidden") return Site::hidden;
     if (name == "residual") return Site::residual;
-    throw py::value_error("unknown site '" + name + "': use head, neuron, hidden or residual");
+    if (name == "expert") return Site::expert;
+    throw py::value_error("unknown site '" + name + "': use head, neuron, hidden, expert or residual");
 }
 
 template <typename T>
@@ -52,6 +53,8 @@ void register_engine(py::module_ & m) {
                                    d["head_dim"] = s.head_dim;
                                    d["n_ff"]     = s.n_ff;
                                    d["n_embd"]   = s.n_embd;
+                                   d["n_expert"] = s.n_expert;
+                                   d["n_ff_exp"] = s.n_ff_exp;
                                    return d;
                                })
         .def("set_n_ubatch", &Engine::set_n_ubatch)
@@ -61,6 +64,7 @@ void register_engine(py::module_ & m) {
         .def("site_problem", [](const Engine & e, const std::string & site) { return e.site_problem(to_site(site)); })
         .def("neuron_node", &Engine::neuron_node)
         .def("hidden_node", &Engine::hidden_node)
+        .def("expert_node", &Engine::expert_node)
         .def("new_config", &Engine::new_config)
         .def("free_config", &Engine::free_config, py::arg("config"))
         .def_property_readonly("n_configs", &Engine::n_configs)

@@ -10,6 +10,9 @@ from sadi_cpp.cli import app
 
 runner = CliRunner()
 
+# The sites the numpy oracle (tiny_model.py) models: the dense llama has no expert site.
+ORACLE_SITES = ("head", "neuron", "hidden")
+
 
 def last_logits(llm: Llama) -> np.ndarray:
     """The logits of the last decoded output row."""

@@ -212,12 +212,16 @@ def test_head_site_with_flash_attention(tiny, written, tmp_path, arch):
     MATRIX[(arch, "f32", "flash")] = "same, folds"
 
 
-@pytest.mark.parametrize("site", ["head", "hidden"])
+EXPERT_CASE = (1, [5, 17, 48 + 3, 48 + 40])  # layer 1: neurons 5 and 17 of expert 0, 3 and 40 of expert 1
+
+
+@pytest.mark.parametrize("site", ["head", "hidden", "expert"])
 def test_mixture_of_experts_row(tiny, tmp_path, site):
-    """A llama with a 2-expert FFN: heads fold into attn_output; the FFN output (ffn_moe_out, the
-    experts' weighted sum) into the same rows of every expert's down projection; neurons are
-    refused at attach, naming what is missing (each expert has its own n_ff units)."""
-    layer, units = CASES[site]
+    """A llama with a 2-expert FFN (one expert per token): heads fold into attn_output; the FFN
+    output (ffn_moe_out, the experts' weighted sum) into the same rows of every expert's down
+    projection; expert neuron e * n_ff + j into column j of expert e's down projection. The dense
+    neuron site is refused at attach, naming what is missing."""
+    layer, units = EXPERT_CASE if site == "expert" else CASES[site]
 
     def fold(at: int):
         def edit(t: Dict[str, np.ndarray]) -> None:
@@ -226,18 +230,29 @@ def test_mixture_of_experts_row(tiny, tmp_path, site):
                 cols = [h * tiny.head_dim + k for h in units for k in range(tiny.head_dim)]
                 t[p + "attn_output.weight"] = t[p + "attn_output.weight"].copy()
                 t[p + "attn_output.weight"][:, cols] *= 1 + DELTA
-            else:
+            elif site == "hidden":
                 t[p + "ffn_down_exps.weight"][:, units, :] *= 1 + DELTA  # [expert, n_embd, n_ff]
+            else:
+                for u in units:
+                    t[p + "ffn_down_exps.weight"][u // tiny.n_ff, :, u % tiny.n_ff] *= 1 + DELTA
         return edit
 
     hook = sadi_cpp.attach(llama(tiny.write(tmp_path / "moe.gguf", n_expert=2)))
     try:
-        assert hook.sites == ("head", "hidden")
+        assert hook.sites == ("head", "hidden", "expert")
+        assert (hook.shape.n_expert, hook.shape.n_ff_exp, hook.n_units("expert")) == (2, tiny.n_ff, 2 * tiny.n_ff)
         problem = hook.site_problem("neuron")
         assert "dense FFN (an input of ffn_down) in layer 0" in problem
         with pytest.raises(sadi_cpp.errors.UnsupportedModelError, match="ffn_down"):
             with hook.steering({"neuron": np.ones((tiny.n_layer, tiny.n_ff), bool)}, delta=1.0):
                 pass
+        if site == "expert":  # a recorded row: the selected expert's neurons, zeros for the other
+            with hook.recording(sites=("expert",), positions="all") as rec:
+                hook.llm.eval(PROMPT)
+            v = rec.values("expert").reshape(len(PROMPT), tiny.n_layer, 2, tiny.n_ff)
+            chosen = (v != 0).any(axis=-1)
+            assert (chosen.sum(axis=-1) == 1).all(), "each token's row holds exactly one expert (n_expert_used 1)"
+            assert chosen[:, :, 0].any() and chosen[:, :, 1].any(), "both experts are used by some token"
         steered = steered_logits(hook, site, layer, units)
     finally:
         hook.llm.close()
@@ -251,6 +266,32 @@ def test_mixture_of_experts_row(tiny, tmp_path, site):
     MATRIX[("llama + 2 experts", "f32", site)] = "folds"
     MATRIX[("llama + 2 experts", "f32", "loads")] = "yes"
     MATRIX[("llama + 2 experts", "f32", "neuron")] = "refused at attach: " + problem
+
+
+def test_expert_site_end_to_end(tiny, tmp_path):
+    """build-mask --site expert on the tiny MoE, inspect, generate: the steered text differs, and
+    the mask refuses a dense model (another fingerprint) with a clear error."""
+    from helpers import bad, runner
+
+    from sadi_cpp.cli import app
+
+    moe = tiny.write(tmp_path / "moe.gguf", n_expert=2)
+    pairs = Path(__file__).resolve().parents[1] / "examples" / "sentiment_pairs.jsonl"
+    mask = tmp_path / "moe.expert.sadi.gguf"
+    res = runner.invoke(app, ["build-mask", str(pairs), str(moe), "--site", "expert", "--top-k", "20", "-o", str(mask), "-q"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["inspect", str(mask)])
+    assert res.exit_code == 0 and "site: expert" in res.output
+    res = runner.invoke(app, ["generate", "-m", str(moe), "--mask", str(mask), "--json", "-n", "12", "--delta", "40", "Hello"])
+    assert res.exit_code == 0, res.output
+    import json
+
+    out = json.loads(res.stdout)
+    assert out["site"] == "expert" and out["steered"] != out["unsteered"]
+    dense = tiny.write(tmp_path / "dense.gguf")
+    bad(["generate", "-m", str(dense), "--mask", str(mask), "Hello"], "made for another model")
+    res = runner.invoke(app, ["check", str(moe)])
+    assert "n_expert 2, n_ff_exp 48" in res.stdout and "expert   ok: ffn_moe_swiglu-L" in res.stdout
 
 
 def render() -> str:
@@ -284,14 +325,17 @@ def render() -> str:
             recorded = MATRIX.get((arch, variant, "recorded"), "FAILED") if variant == "f32" else "-"
             lines.append(f"| {arch} | {FAMILIES[arch]} | {variant} | " + " | ".join(cells) + f" | {flash} | {recorded} |")
     moe = [MATRIX.get(("llama + 2 experts", "f32", c), "FAILED") for c in ("loads", "head", "neuron", "hidden")]
+    moe[2] += "; expert site (expert x n_ff_exp units): " + MATRIX.get(("llama + 2 experts", "f32", "expert"), "FAILED")
     lines.append("| llama + 2 experts | mixture-of-experts FFN (Mixtral-style, Qwen3-MoE-style) | f32 | " + " | ".join(moe) + " | - | - |")
     lines += [
         "",
         "Real models: Gemma 3 270M Q4_K_M (gemma3, the default) and SmolLM2-135M-Instruct Q4_1 (llama) run",
         "build-mask, inspect, generate and eval end to end in `tests/test_default_model.py` and",
         "`tests/test_smollm2.py`. On a mixture-of-experts FFN the hidden site reads `ffn_moe_out` (the experts'",
-        "weighted sum); there is no per-expert neuron site (not built: a unit would be expert x n_ff_exp, read",
-        "from `ffn_moe_down`'s input, which llama.cpp computes only for the experts each token selects).",
+        "weighted sum), and the `expert` site the input of the experts' down projection: unit e x n_ff_exp + j is",
+        "neuron j of expert e, steered in the slot of each token that selected e (llama.cpp computes the other",
+        "experts not at all); a recorded row holds zeros for the experts a token did not select. Folding:",
+        "neurons 5, 17 of expert 0 and 3, 40 of expert 1 in layer 1 equal columns of those experts' ffn_down_exps.",
         "`sadi-cpp check MODEL` prints which sites any GGUF allows, and why not.",
         "",
     ]
@@ -306,3 +350,4 @@ def test_models_md_is_this_runs_matrix():
     assert DOC.exists() and DOC.read_text() == text, (
         "docs/models.md differs from this run's matrix (a cell failed, or the file is stale): "
         "SADI_CPP_WRITE_MODELS_MD=1 pytest tests/test_architectures.py writes it")
+

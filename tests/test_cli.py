@@ -238,9 +238,12 @@ def test_check_names_the_sites_a_model_allows(tiny, tiny_path, tmp_path):
     assert res.exit_code == 0, res.output
     info = json.loads(res.stdout)
     assert info["arch"] == "llama" and info["shape"]["n_layer"] == tiny.n_layer and info["n_vocab"] == 259
-    assert all(s["ok"] for s in info["sites"].values()) and info["sites"]["neuron"]["node"].startswith("ffn_")
+    dense = {k: v for k, v in info["sites"].items() if k != "expert"}
+    assert all(s["ok"] for s in dense.values()) and info["sites"]["neuron"]["node"].startswith("ffn_")
+    assert not info["sites"]["expert"]["ok"] and "mixture-of-experts" in info["sites"]["expert"]["problem"]
     moe = tiny.write(tmp_path / "moe.gguf", n_expert=2)
     res = runner.invoke(app, ["check", "-m", str(moe)])
     assert res.exit_code == 0, res.output
     assert "head     ok: kqv_out-L" in res.stdout and "neuron   no:" in res.stdout and "ffn_down" in res.stdout
+    assert "expert   ok: ffn_moe_swiglu-L (input of ffn_moe_down)" in res.stdout, res.stdout
     bad(["check", str(tmp_path / "none.gguf")], "no such model file")

@@ -4,7 +4,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from helpers import eval_fresh
+from helpers import ORACLE_SITES, eval_fresh
 
 import sadi_cpp
 
@@ -22,7 +22,8 @@ def tokens(gemma):
 
 
 def test_shape_and_sites(gemma):
-    assert dataclasses.asdict(gemma.shape) == {"arch": "gemma3", "n_layer": 18, "n_head": 4, "head_dim": 256, "n_ff": 2048, "n_embd": 640}
+    assert dataclasses.asdict(gemma.shape) == {"arch": "gemma3", "n_layer": 18, "n_head": 4, "head_dim": 256, "n_ff": 2048, "n_embd": 640,
+                                                 "n_expert": 0, "n_ff_exp": 0}
     assert gemma.sites == ("head", "neuron", "hidden")
     assert gemma.engine.neuron_node(0) == "ffn_geglu-0"
 
@@ -53,7 +54,7 @@ def test_host_and_copy_paths_record_the_same_values(gemma, tokens):
         gemma.engine.force_copy = force_copy
         with gemma.recording(positions="all") as rec:
             gemma.llm.eval(tokens)
-        got.append([rec.values(s) for s in sadi_cpp.SITES])
+        got.append([rec.values(s) for s in ORACLE_SITES])
     gemma.engine.force_copy = False
     for host, copy in zip(*got):
         assert not np.isnan(host).any()

@@ -9,7 +9,7 @@ import textwrap
 
 import numpy as np
 import pytest
-from helpers import assert_f32_close, eval_fresh, f32_tol, last_logits
+from helpers import ORACLE_SITES, assert_f32_close, eval_fresh, f32_tol, last_logits
 
 import sadi_cpp
 from sadi_cpp import BadInputError, SteeringError, UnsupportedModelError
@@ -19,7 +19,7 @@ PROMPT = [1] + [(7 * i + 11) % 250 + 3 for i in range(39)]  # 40 tokens, BOS fir
 
 def oracle_sites(tiny, tokens, edits=None):
     _, sites = tiny.forward(tokens, edits)
-    return {s: np.stack([sites[(s, il)] for il in range(tiny.n_layer)], axis=1) for s in sadi_cpp.SITES}
+    return {s: np.stack([sites[(s, il)] for il in range(tiny.n_layer)], axis=1) for s in ORACLE_SITES}
 
 
 def masks(tiny):
@@ -45,7 +45,7 @@ def test_recorded_values_match_oracle(tiny, make_llama):
         hook.llm.eval(PROMPT)
     want = oracle_sites(tiny, PROMPT)
     assert rec.positions.tolist() == list(range(len(PROMPT)))
-    for site in sadi_cpp.SITES:
+    for site in ORACLE_SITES:
         got = rec.values(site)
         assert got.shape == want[site].shape
         assert not np.isnan(got).any()
@@ -84,7 +84,7 @@ def test_recording_sees_values_before_the_edit_at_its_node(tiny, make_llama):
     with hook.steering(mask, delta=-0.5), hook.recording() as rec:
         hook.llm.eval(PROMPT)
     want = oracle_sites(tiny, PROMPT, oracle_edits(values, rows, -0.5))
-    for site in sadi_cpp.SITES:
+    for site in ORACLE_SITES:
         assert_f32_close(rec.values(site)[0], want[site][-1])
 
 
@@ -196,7 +196,7 @@ def test_force_copy_path_equals_host_path(tiny, make_llama):
         assert hook.engine.force_copy is force_copy
         with hook.steering(mask, delta=2.5, positions="all"), hook.recording(positions="all") as rec:
             hook.llm.eval(PROMPT)
-        out.append((last_logits(hook.llm), [rec.values(s) for s in sadi_cpp.SITES]))
+        out.append((last_logits(hook.llm), [rec.values(s) for s in ORACLE_SITES]))
     assert np.array_equal(out[0][0], out[1][0])
     for a, b in zip(out[0][1], out[1][1]):
         assert np.array_equal(a, b)
@@ -304,7 +304,7 @@ def test_model_without_a_dense_ffn_is_refused_by_site(tiny, make_llama, tmp_path
     folding in test_folding.py)."""
     path = tiny.write(tmp_path / "tiny-moe.gguf", n_expert=2)
     hook = sadi_cpp.attach(make_llama(model_path=str(path)))
-    assert hook.sites == ("head", "hidden") and hook.engine.hidden_node(1) == "ffn_moe_out-1"
+    assert hook.sites == ("head", "hidden", "expert") and hook.engine.hidden_node(1) == "ffn_moe_out-1"
     with pytest.raises(UnsupportedModelError, match="ffn_down"):
         hook.set_steering({"neuron": np.ones((3, tiny.n_ff), bool)}, delta=1.0)
     with hook.recording(sites=("head", "hidden")) as rec:  # heads and the FFN output work

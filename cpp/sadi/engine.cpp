@@ -21,6 +21,8 @@ constexpr const char * ffn_out_node = "ffn_out";
 // from the weighted sum of the experts straight to the residual add): that sum is its output.
 constexpr const char * moe_out_node = "ffn_moe_out";
 constexpr const char * residual_node = "l_out";
+// The experts' down projection (a MUL_MAT_ID): its input is the expert site, its ids the selection.
+constexpr const char * moe_down_node = "ffn_moe_down";
 
 // Some architectures give the residual sum after the FFN the FFN output's name; the FFN output
 // itself is the node none of whose inputs carries its own name.
@@ -41,6 +43,23 @@ const ggml_tensor * down_proj_input(const ggml_tensor * t) {
         t = t->src[0];
     }
     return t->op == GGML_OP_MUL_MAT ? t->src[1] : nullptr;
+}
+
+// The expert ids [n_expert_used, rows] that the MUL_MAT_ID producing the activation `t` (or one of
+// its inputs, a few ops up) used: the same selection the down projection applies to `t`.
+const ggml_tensor * expert_ids(const ggml_tensor * t, int depth = 0) {
+    if (t == nullptr || depth > 4) {
+        return nullptr;
+    }
+    if (t->op == GGML_OP_MUL_MAT_ID) {
+        return t->src[2];
+    }
+    for (const ggml_tensor * src : t->src) {
+        if (const ggml_tensor * ids = expert_ids(src, depth + 1)) {
+            return ids;
+        }
+    }
+    return nullptr;
 }
 
 std::string shape_text(const ggml_tensor * t) {
@@ -68,6 +87,7 @@ bool Config::any() const {
 Engine::Engine(ModelShape shape) : shape_(std::move(shape)) {
     neuron_base_.assign(size_t(shape_.n_layer), std::string());
     hidden_base_.assign(size_t(shape_.n_layer), std::string());
+    expert_base_.assign(size_t(shape_.n_layer), std::string());
     new_config();  // configuration 0
     for (auto & p : problems_) {
         p = "the model's graph has not been probed yet";
@@ -130,6 +150,17 @@ void Engine::probe_node(const ggml_tensor * t) {
     } else if (nn.base == residual_node && !probe_seen_[size_t(Site::residual)][il]) {
         probe_seen_[size_t(Site::residual)][il] = 1;
         check_width(t, Site::residual);
+    } else if (nn.base == moe_down_node && t->op == GGML_OP_MUL_MAT_ID && shape_.n_expert > 0) {
+        NodeName an;
+        const ggml_tensor * act = t->src[1];
+        if (act != nullptr && parse_node_name(act->name, an) && an.il == nn.il && !probe_seen_[size_t(Site::expert)][il]) {
+            probe_seen_[size_t(Site::expert)][il] = 1;
+            expert_base_[il] = std::string(an.base);
+            if (act->ne[0] != shape_.n_ff_exp && probe_error_.empty()) {
+                probe_error_ = "node " + shape_text(act) + " should be " + std::to_string(shape_.n_ff_exp) +
+                               " wide for the expert site of this model";
+            }
+        }
     } else if (nn.base == moe_out_node) {
         if (hidden_base_[il].empty()) {  // an ffn_out of the same layer takes over (MoE + shared expert)
             hidden_base_[il] = moe_out_node;
@@ -153,7 +184,7 @@ void Engine::probe_node(const ggml_tensor * t) {
 void Engine::end_probe() {
     probing_ = false;
     const std::string missing[n_sites] = {"node kqv_out-", "dense FFN (an input of ffn_down) in layer ", "node ffn_out-",
-                                          "node l_out-"};
+                                          "node l_out-", "mixture-of-experts FFN (ffn_moe_down) in layer "};
     for (int s = 0; s < n_sites; ++s) {
         problems_[size_t(s)].clear();
         for (int32_t il = 0; il < shape_.n_layer; ++il) {
@@ -180,6 +211,13 @@ std::string Engine::hidden_node(int32_t il) const {
         throw std::out_of_range("layer " + std::to_string(il) + " is outside [0, " + std::to_string(shape_.n_layer) + ")");
     }
     return hidden_base_[size_t(il)].empty() ? std::string() : hidden_base_[size_t(il)] + "-" + std::to_string(il);
+}
+
+std::string Engine::expert_node(int32_t il) const {
+    if (il < 0 || il >= shape_.n_layer) {
+        throw std::out_of_range("layer " + std::to_string(il) + " is outside [0, " + std::to_string(shape_.n_layer) + ")");
+    }
+    return expert_base_[size_t(il)].empty() ? std::string() : expert_base_[size_t(il)] + "-" + std::to_string(il);
 }
 
 std::string Engine::neuron_node(int32_t il) const {
@@ -257,6 +295,9 @@ void Engine::set_add(int32_t config, Site site, int32_t il, const std::vector<fl
     if (il < 0 || il >= shape_.n_layer) {
         throw std::out_of_range("layer " + std::to_string(il) + " is outside [0, " + std::to_string(shape_.n_layer) + ")");
     }
+    if (site == Site::expert && !values.empty()) {
+        throw std::invalid_argument("the expert site takes no added vectors (an expert's slot changes from token to token)");
+    }
     if (!values.empty() && int64_t(values.size()) != shape_.width(site)) {
         throw std::invalid_argument("a vector to add to the " + std::string(site_name(site)) + " site has " +
                                     std::to_string(values.size()) + " values; it needs " +
@@ -293,9 +334,11 @@ void Engine::set_accumulate_slot(int32_t slot) {
 Engine::Accumulator & Engine::slot(int32_t index) {
     while (int32_t(slots_.size()) <= index) {
         Accumulator acc;
-        for (int s = 0; s < n_sites; ++s) {
-            acc.sums[size_t(s)].assign(size_t(shape_.n_layer * shape_.width(Site(s))), 0.0);
-            acc.counts[size_t(s)].assign(size_t(shape_.n_layer), 0);
+        for (int s = 0; s < n_sites; ++s) {  // recorded sites only: an expert row can be wide
+            if (record_[size_t(s)]) {
+                acc.sums[size_t(s)].assign(size_t(shape_.n_layer * shape_.width(Site(s))), 0.0);
+                acc.counts[size_t(s)].assign(size_t(shape_.n_layer), 0);
+            }
         }
         slots_.push_back(std::move(acc));
     }
@@ -417,6 +460,9 @@ int Engine::site_of(const ggml_tensor * t, const NodeName & nn) const {
     if (nn.base == residual_node) {
         return int(Site::residual);
     }
+    if (!expert_base_[size_t(nn.il)].empty() && nn.base == expert_base_[size_t(nn.il)]) {
+        return int(Site::expert);
+    }
     return -1;
 }
 
@@ -458,17 +504,18 @@ bool Engine::on_node(ggml_tensor * t, bool ask) {
 
 bool Engine::wanted(const ggml_tensor * t, Site site, int32_t il) const {
     const UbatchPlan & ub = plans_[size_t(ubatch_)];
+    const int64_t rows = site == Site::expert ? t->ne[2] : t->ne[1];  // experts: [n_ff_exp, n_used, rows]
     if (steer_now_) {
         for (const Target & tg : ub.steer) {
             if (configs_[size_t(steer_configs_[size_t(tg.slot)])].steers(site, il) &&
-                tensor_row(ub, tg, t->ne[1]) != row_absent) {
+                tensor_row(ub, tg, rows) != row_absent) {
                 return true;
             }
         }
     }
     if (record_now_ && record_[size_t(site)]) {
         for (const Target & tg : ub.record) {
-            if (tensor_row(ub, tg, t->ne[1]) != row_absent) {
+            if (tensor_row(ub, tg, rows) != row_absent) {
                 return true;
             }
         }
@@ -477,6 +524,9 @@ bool Engine::wanted(const ggml_tensor * t, Site site, int32_t il) const {
 }
 
 bool Engine::process(ggml_tensor * t, Site site, int32_t il) {
+    if (site == Site::expert) {
+        return process_experts(t, il);
+    }
     const int64_t width = shape_.width(site);
     if (t->type != GGML_TYPE_F32 || t->nb[0] != sizeof(float) || t->ne[0] != width || t->ne[2] != 1 || t->ne[3] != 1) {
         fail("node " + shape_text(t) + " is not the F32 [" + std::to_string(width) + ", rows] tensor the " +
@@ -543,6 +593,115 @@ bool Engine::process(ggml_tensor * t, Site site, int32_t il) {
             }
             if (!host) {
                 ggml_backend_tensor_set(t, x, size_t(tensor_row(ub, tg, t->ne[1])) * t->nb[1], row_bytes);
+            }
+        }
+    }
+    return !failed_;
+}
+
+// The expert site: t is the activation [n_ff_exp, n_expert_used, rows] that the experts' down
+// projection reads; slot k of a row belongs to expert ids[k, row]. A recorded row is the dense
+// [n_expert * n_ff_exp] vector with zeros for the experts the token did not select; steering
+// scales the masked units of each selected expert in its slot.
+bool Engine::process_experts(ggml_tensor * t, int32_t il) {
+    const int64_t n_ff = shape_.n_ff_exp, n_used = t->ne[1], width = shape_.width(Site::expert);
+    if (t->type != GGML_TYPE_F32 || t->nb[0] != sizeof(float) || t->ne[0] != n_ff || t->ne[3] != 1) {
+        fail("node " + shape_text(t) + " is not the F32 [" + std::to_string(n_ff) + ", n_expert_used, rows] tensor the expert site expects");
+        return false;
+    }
+    const ggml_tensor * ids = expert_ids(t);
+    if (ids == nullptr || ids->type != GGML_TYPE_I32 || ids->ne[0] != n_used || ids->ne[1] != t->ne[2] ||
+        ids->nb[0] != sizeof(int32_t)) {
+        fail("node " + shape_text(t) + ": the expert selection of its rows was not found");
+        return false;
+    }
+    const UbatchPlan & ub = plans_[size_t(ubatch_)];
+    const ggml_backend_buffer_t buf = t->view_src != nullptr ? t->view_src->buffer : t->buffer;
+    const bool host = !force_copy_ && buf != nullptr && ggml_backend_buffer_is_host(buf);
+    const size_t slot_bytes = size_t(n_ff) * sizeof(float);
+    std::vector<int32_t> chosen(static_cast<size_t>(n_used));
+    std::vector<float> act(static_cast<size_t>(n_ff * n_used));
+
+    // Reads row r's slots into act and its expert ids into chosen; false when r is not in t.
+    auto load = [&](const Target & tg, int32_t & r) -> bool {
+        r = tensor_row(ub, tg, t->ne[2]);
+        if (r == row_mismatch) {
+            fail("node " + shape_text(t) + " has " + std::to_string(t->ne[2]) + " rows, but its ubatch has " +
+                 std::to_string(ub.n_tokens) + " tokens and " + std::to_string(ub.n_outputs) + " outputs");
+            return false;
+        }
+        if (r == row_absent) {
+            return false;
+        }
+        ggml_backend_tensor_get(const_cast<ggml_tensor *>(ids), chosen.data(), size_t(r) * ids->nb[1], size_t(n_used) * sizeof(int32_t));
+        for (int64_t k = 0; k < n_used; ++k) {
+            if (chosen[size_t(k)] < 0 || chosen[size_t(k)] >= shape_.n_expert) {
+                fail("node " + shape_text(t) + ": expert id " + std::to_string(chosen[size_t(k)]) + " out of range");
+                return false;
+            }
+            const size_t offset = size_t(r) * t->nb[2] + size_t(k) * t->nb[1];
+            if (host) {
+                std::memcpy(act.data() + k * n_ff, static_cast<const char *>(t->data) + offset, slot_bytes);
+            } else {
+                ggml_backend_tensor_get(t, act.data() + k * n_ff, offset, slot_bytes);
+            }
+        }
+        return true;
+    };
+
+    int32_t r = 0;
+    if (record_now_ && record_[size_t(Site::expert)]) {
+        std::vector<float> dense(static_cast<size_t>(width));
+        for (const Target & tg : ub.record) {
+            if (!load(tg, r)) {
+                if (failed_) return false;
+                continue;
+            }
+            std::fill(dense.begin(), dense.end(), 0.0f);
+            for (int64_t k = 0; k < n_used; ++k) {
+                std::memcpy(dense.data() + int64_t(chosen[size_t(k)]) * n_ff, act.data() + k * n_ff, slot_bytes);
+            }
+            if (capture_) {
+                const int64_t slot = capture_base_ + tg.slot;
+                std::memcpy(captured_[size_t(Site::expert)].data() + (slot * shape_.n_layer + il) * width, dense.data(),
+                            size_t(width) * sizeof(float));
+            }
+            const int32_t to = record_slots_.empty() ? acc_slot_ : record_slots_[size_t(tg.slot)];
+            if (to >= 0) {
+                Accumulator & acc = slots_[size_t(to)];
+                accumulate_row(acc.sums[size_t(Site::expert)].data() + int64_t(il) * width, dense.data(), width);
+                acc.counts[size_t(Site::expert)][size_t(il)] += 1;
+            }
+        }
+    }
+    if (steer_now_) {
+        for (const Target & tg : ub.steer) {
+            const Config & c = configs_[size_t(steer_configs_[size_t(tg.slot)])];
+            if (!c.steers(Site::expert, il) || !load(tg, r)) {
+                if (failed_) return false;
+                continue;
+            }
+            for (int64_t k = 0; k < n_used; ++k) {
+                // the mask's ranges that fall in expert chosen[k]'s units, shifted into its slot
+                const int64_t lo = int64_t(chosen[size_t(k)]) * n_ff;
+                std::vector<Range> mine;
+                for (const Range & rg : c.ranges[size_t(Site::expert)][size_t(il)]) {
+                    const int64_t b = std::max(rg.begin, lo), e = std::min(rg.begin + rg.len, lo + n_ff);
+                    if (b < e) {
+                        mine.push_back(Range{b - lo, e - b});
+                    }
+                }
+                if (mine.empty()) {
+                    continue;
+                }
+                float * x = act.data() + k * n_ff;
+                scale_ranges(x, mine, c.delta);
+                const size_t offset = size_t(r) * t->nb[2] + size_t(k) * t->nb[1];
+                if (host) {
+                    std::memcpy(static_cast<char *>(t->data) + offset, x, slot_bytes);
+                } else {
+                    ggml_backend_tensor_set(t, x, offset, slot_bytes);
+                }
             }
         }
     }

@@ -61,6 +61,8 @@ public:
     std::string neuron_node(int32_t il) const;
     // The FFN output node of layer il: "ffn_out-3", or "ffn_moe_out-3" for a MoE FFN without one.
     std::string hidden_node(int32_t il) const;
+    // The node that feeds the experts' down projection in layer il, e.g. "ffn_moe_swiglu-3"; "" if dense.
+    std::string expert_node(int32_t il) const;
 
     // Configurations: 0 always exists; new_config() makes an empty one and returns its id (ids of
     // freed configurations are reused); free_config(id) empties and releases it (not 0).
@@ -118,6 +120,7 @@ private:
     const Config & live(int32_t config) const;
     Accumulator & slot(int32_t index);
     bool process(ggml_tensor * t, Site site, int32_t il);
+    bool process_experts(ggml_tensor * t, int32_t il);
     void fail(const std::string & msg);
 
     ModelShape shape_;
@@ -128,6 +131,7 @@ private:
     bool probing_ = false;
     std::vector<std::string> neuron_base_;  // per layer
     std::vector<std::string> hidden_base_;  // per layer: ffn_out, or ffn_moe_out for a MoE FFN without one
+    std::vector<std::string> expert_base_;  // per layer: the input of ffn_moe_down (MoE only)
     std::array<std::string, n_sites> problems_;
     std::array<std::vector<char>, n_sites> probe_seen_;
     std::string probe_error_;

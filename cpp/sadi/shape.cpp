@@ -13,6 +13,7 @@ const char * site_name(Site site) {
         case Site::neuron: return "neuron";
         case Site::hidden: return "hidden";
         case Site::residual: return "residual";
+        case Site::expert: return "expert";
     }
     return "?";
 }
@@ -23,6 +24,7 @@ int64_t ModelShape::width(Site site) const {
         case Site::neuron: return n_ff;
         case Site::hidden: return n_embd;
         case Site::residual: return n_embd;
+        case Site::expert: return int64_t(n_expert) * n_ff_exp;
     }
     return 0;
 }
@@ -84,6 +86,13 @@ ModelShape shape_from_model(const llama_model * model) {
         head_dim = s.n_embd / s.n_head;
     }
     s.head_dim = int32_t(head_dim);
+
+    const long long n_expert = meta_int(model, s.arch + ".expert_count");
+    if (n_expert > 0) {
+        const long long n_ff_exp = meta_int(model, s.arch + ".expert_feed_forward_length");
+        s.n_expert = int32_t(n_expert);
+        s.n_ff_exp = int32_t(n_ff_exp > 0 ? n_ff_exp : n_ff);
+    }
 
     if (s.n_layer <= 0 || s.n_head <= 0 || s.head_dim <= 0 || s.n_embd <= 0) {
         throw std::runtime_error("model " + s.arch + " reports an empty shape (n_layer " +

@@ -8,10 +8,11 @@ struct llama_model;
 
 namespace sadi {
 
-// The three kinds of units SADI steers (see docs/engine.md), and the residual stream after each
-// layer (l_out), which baselines read and add to (CAA, control vectors).
-enum class Site : int { head = 0, neuron = 1, hidden = 2, residual = 3 };
-constexpr int n_sites = 4;
+// The kinds of units SADI steers (see docs/engine.md), the residual stream after each layer (l_out),
+// which baselines read and add to (CAA, control vectors), and the neurons of a mixture-of-experts
+// FFN: unit e * n_ff_exp + j is neuron j of expert e.
+enum class Site : int { head = 0, neuron = 1, hidden = 2, residual = 3, expert = 4 };
+constexpr int n_sites = 5;
 
 const char * site_name(Site site);
 
@@ -22,6 +23,8 @@ struct ModelShape {
     int32_t head_dim = 0;  // value head size: kqv_out is n_head*head_dim wide
     int32_t n_ff     = 0;
     int32_t n_embd   = 0;
+    int32_t n_expert = 0;  // experts of a mixture-of-experts FFN (0: dense)
+    int32_t n_ff_exp = 0;  // neurons of one expert
 
     // values in one row of the site's tensor
     int64_t width(Site site) const;

@@ -220,7 +220,7 @@ def constant_warning(bias: Any, names: List[str], n_items: int) -> str:
 
 
 Model = Annotated[Optional[str], typer.Option("--model", "-m", help="GGUF model (default: Gemma 3 270M Q4_K_M).")]
-Site = Annotated[str, typer.Option("--site", help="head (attention heads), neuron (FFN units) or hidden (FFN output elements).")]
+Site = Annotated[str, typer.Option("--site", help="head (attention heads), neuron (FFN units), hidden (FFN output elements) or expert (neurons of a mixture-of-experts FFN).")]
 NCtx = Annotated[int, typer.Option("--n-ctx", help="Context length of the model.")]
 Threads = Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: llama.cpp's choice).")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]

@@ -206,7 +206,8 @@ def check(
         return
     s = info["shape"]
     out.print(f"model: {info['model']}", highlight=False, soft_wrap=True)
+    experts = f", n_expert {s['n_expert']}, n_ff_exp {s['n_ff_exp']}" if s["n_expert"] else ""
     out.print(f"architecture {info['arch']}: n_layer {s['n_layer']}, n_head {s['n_head']}, head_dim {s['head_dim']}, "
-              f"n_ff {s['n_ff']}, n_embd {s['n_embd']}, n_vocab {info['n_vocab']}", highlight=False)
+              f"n_ff {s['n_ff']}, n_embd {s['n_embd']}{experts}, n_vocab {info['n_vocab']}", highlight=False, soft_wrap=True)
     for site, st in info["sites"].items():
         out.print(f"  {site:<8} " + (f"ok: {st['node']}" if st["ok"] else f"no: {st['problem']}"), highlight=False, soft_wrap=True)
