@@ -268,6 +268,23 @@ def test_mixture_of_experts_row(tiny, tmp_path, site):
     MATRIX[("llama + 2 experts", "f32", "neuron")] = "refused at attach: " + problem
 
 
+def test_expert_site_copy_path_equals_host_path(tiny, tmp_path):
+    """The device path (ggml_backend_tensor_get/set, forced on the CPU) reads and steers the expert
+    site exactly as the in-place host path."""
+    moe = tiny.write(tmp_path / "moe.gguf", n_expert=2)
+    layer, units = EXPERT_CASE
+    got = []
+    for force_copy in (False, True):
+        hook = sadi_cpp.attach(llama(moe), force_copy=force_copy)
+        try:
+            with hook.recording(sites=("expert",), positions="all") as rec:
+                hook.llm.eval(PROMPT)
+            got.append((rec.values("expert"), steered_logits(hook, "expert", layer, units)))
+        finally:
+            hook.llm.close()
+    assert np.array_equal(got[0][0], got[1][0]) and np.array_equal(got[0][1], got[1][1])
+
+
 def test_expert_site_end_to_end(tiny, tmp_path):
     """build-mask --site expert on the tiny MoE, inspect, generate: the steered text differs, and
     the mask refuses a dense model (another fingerprint) with a clear error."""
