@@ -149,7 +149,8 @@ class Batcher:
                 self._waiting.remove(job)
             self._cv.notify_all()
 
-    def load(self) -> Dict[str, int]:
+    def status(self) -> Dict[str, int]:
+        """Running and waiting requests, the sequences there are, decodes so far (for /health)."""
         with self._cv:
             return {"running": len(self._active), "waiting": len(self._waiting), "n_parallel": self.n_parallel,
                     "decodes": self.decodes}

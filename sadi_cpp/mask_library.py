@@ -79,7 +79,7 @@ class MaskLibrary:
         name = spec.get("mask")
         if name is None:
             return None
-        if name not in self.masks:
+        if not isinstance(name, str) or name not in self.masks:
             known = ", ".join(self.masks) or "none are loaded"
             raise BadInputError(f"unknown mask {name!r} (GET /v1/masks lists them: {known})")
         mask = self.masks[name]

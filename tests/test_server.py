@@ -184,6 +184,7 @@ def test_64_concurrent_requests_answer_exactly_as_alone(served: Server):
 @pytest.mark.parametrize("body, fragment", [
     ({"prompt": "x", "temperature": "hot"}, "temperature"),
     ({"prompt": "x", "sadi": {"mask": "nope"}}, "unknown mask 'nope'"),
+    ({"prompt": "x", "sadi": {"mask": ["tiny.head"]}}, "unknown mask ['tiny.head']"),
     ({"prompt": "x", "sadi": {"mask": "tiny.head", "delta": "big"}}, "sadi.delta"),
     ({"prompt": "x", "sadi": {"mask": "tiny.head", "delta": 1e300 * 10}}, "sadi.delta"),
     ({"prompt": "x", "sadi": {"mask": "tiny.head", "top_k": 0}}, "sadi.top_k"),
@@ -291,7 +292,7 @@ def test_random_bodies_never_hurt_the_server(served: Server):
     and the server keeps answering correctly afterwards."""
     rng = np.random.default_rng(7)
     values = [None, True, -1, 0, 3, 10**30, -1e308, 0.5, float("inf"), "", "x" * 50, "tiny.head", [], ["a"], {}, {"mask": "tiny.head"},
-              {"mask": "tiny.hidden", "delta": -1e4}, [{"role": "user"}], [{"role": "bot", "content": "x"}], [1, 2], {"a": [None]}]
+              {"mask": "tiny.hidden", "delta": -1e4}, {"mask": ["tiny.head"], "positions": []}, [{"role": "user"}], [{"role": "bot", "content": "x"}], [1, 2], {"a": [None]}]
     fields = ["prompt", "messages", "max_tokens", "temperature", "top_p", "top_k", "min_p", "stop", "stream", "seed", "logprobs",
               "top_logprobs", "sadi", "n", "repeat_penalty", "presence_penalty", "min_tokens", "stream_options", "model"]
     before = served.post("/v1/completions", {"prompt": "abc", "max_tokens": 6, "temperature": 0})[1]["choices"][0]["text"]

@@ -523,6 +523,20 @@ bool Engine::wanted(const ggml_tensor * t, Site site, int32_t il) const {
     return false;
 }
 
+bool Engine::on_host(const ggml_tensor * t) const {
+    const ggml_backend_buffer_t buf = t->view_src != nullptr ? t->view_src->buffer : t->buffer;
+    return !force_copy_ && buf != nullptr && ggml_backend_buffer_is_host(buf);
+}
+
+int32_t Engine::row_in(const UbatchPlan & ub, const Target & tg, const ggml_tensor * t, int64_t rows) {
+    const int32_t r = tensor_row(ub, tg, rows);
+    if (r == row_mismatch) {
+        fail("node " + shape_text(t) + " has " + std::to_string(rows) + " rows, but its ubatch has " +
+             std::to_string(ub.n_tokens) + " tokens and " + std::to_string(ub.n_outputs) + " outputs");
+    }
+    return r;
+}
+
 bool Engine::process(ggml_tensor * t, Site site, int32_t il) {
     if (site == Site::expert) {
         return process_experts(t, il);
@@ -534,19 +548,13 @@ bool Engine::process(ggml_tensor * t, Site site, int32_t il) {
         return false;
     }
     const UbatchPlan & ub = plans_[size_t(ubatch_)];
-    const ggml_backend_buffer_t buf = t->view_src != nullptr ? t->view_src->buffer : t->buffer;
-    const bool host = !force_copy_ && buf != nullptr && ggml_backend_buffer_is_host(buf);
+    const bool host = on_host(t);
     const size_t row_bytes = size_t(width) * sizeof(float);
 
     // Returns the target's row of t (copied into scratch_ on the device path), or nullptr.
     auto row_of = [&](const Target & tg) -> float * {
-        const int32_t r = tensor_row(ub, tg, t->ne[1]);
-        if (r == row_mismatch) {
-            fail("node " + shape_text(t) + " has " + std::to_string(t->ne[1]) + " rows, but its ubatch has " +
-                 std::to_string(ub.n_tokens) + " tokens and " + std::to_string(ub.n_outputs) + " outputs");
-            return nullptr;
-        }
-        if (r == row_absent) {
+        const int32_t r = row_in(ub, tg, t, t->ne[1]);
+        if (r < 0) {
             return nullptr;
         }
         const size_t offset = size_t(r) * t->nb[1];
@@ -616,21 +624,15 @@ bool Engine::process_experts(ggml_tensor * t, int32_t il) {
         return false;
     }
     const UbatchPlan & ub = plans_[size_t(ubatch_)];
-    const ggml_backend_buffer_t buf = t->view_src != nullptr ? t->view_src->buffer : t->buffer;
-    const bool host = !force_copy_ && buf != nullptr && ggml_backend_buffer_is_host(buf);
+    const bool host = on_host(t);
     const size_t slot_bytes = size_t(n_ff) * sizeof(float);
     std::vector<int32_t> chosen(static_cast<size_t>(n_used));
     std::vector<float> act(static_cast<size_t>(n_ff * n_used));
 
     // Reads row r's slots into act and its expert ids into chosen; false when r is not in t.
     auto load = [&](const Target & tg, int32_t & r) -> bool {
-        r = tensor_row(ub, tg, t->ne[2]);
-        if (r == row_mismatch) {
-            fail("node " + shape_text(t) + " has " + std::to_string(t->ne[2]) + " rows, but its ubatch has " +
-                 std::to_string(ub.n_tokens) + " tokens and " + std::to_string(ub.n_outputs) + " outputs");
-            return false;
-        }
-        if (r == row_absent) {
+        r = row_in(ub, tg, t, t->ne[2]);
+        if (r < 0) {
             return false;
         }
         ggml_backend_tensor_get(const_cast<ggml_tensor *>(ids), chosen.data(), size_t(r) * ids->nb[1], size_t(n_used) * sizeof(int32_t));

@@ -121,6 +121,10 @@ private:
     Accumulator & slot(int32_t index);
     bool process(ggml_tensor * t, Site site, int32_t il);
     bool process_experts(ggml_tensor * t, int32_t il);
+    // True when t's data can be edited in place (a host buffer, and not force_copy).
+    bool on_host(const ggml_tensor * t) const;
+    // The row of t (`rows` rows) holding tg, row_absent, or row_mismatch after fail().
+    int32_t row_in(const UbatchPlan & ub, const Target & tg, const ggml_tensor * t, int64_t rows);
     void fail(const std::string & msg);
 
     ModelShape shape_;

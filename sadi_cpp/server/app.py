@@ -71,7 +71,7 @@ def create_app(hook: Hook, library: MaskLibrary, batcher: Batcher, model_id: str
 
     @app.get("/health")
     def health() -> Dict[str, Any]:
-        return {"status": "ok", "model": model_id, "masks": len(library.masks), **batcher.load()}
+        return {"status": "ok", "model": model_id, "masks": len(library.masks), **batcher.status()}
 
     @app.get("/v1/models", dependencies=[Depends(authorize)])
     def models() -> Dict[str, Any]:
