@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
-from typing import Optional
+import os
+from typing import Any, Optional
 
 
 def pinned_llama_cpp_python() -> Optional[str]:
@@ -31,6 +33,8 @@ def load_core():
         )
     import llama_cpp  # noqa: F401  (maps llama_cpp/lib/libllama before _core needs it)
 
+    avoid_amx_repacking()
+
     try:
         from sadi_cpp import _core
     except ImportError as e:
@@ -39,3 +43,37 @@ def load_core():
             "run Python from the source folder, whose sadi_cpp/ has no compiled _core."
         ) from None
     return _core
+
+
+# llama.cpp's AMX kernels (compiled in by a native build on Intel CPUs with AMX, e.g. Xeon
+# Sapphire Rapids) crash in ggml_backend_amx_mul_mat on the first decode of every model tried here
+# (the default Gemma 3 Q4_K_M and Q8_0 test models; upstream llama.cpp issue #20824, open without
+# a fix). The weights reach those kernels only through the "extra" buffer types that repack them
+# at load time; with those off, llama.cpp computes with its ordinary CPU kernels.
+AMX_ENV = "SADI_CPP_ALLOW_AMX"
+
+
+def has_amx_kernels(system_info: str) -> bool:
+    return "AMX_INT8 = 1" in system_info
+
+
+def avoid_amx_repacking() -> None:
+    """On a llama.cpp build with AMX kernels, every Llama made in this process from now on loads
+    its weights without the repacking extra buffer types (model param ``use_extra_bufts`` off), so
+    the crashing AMX path is never taken. ``SADI_CPP_ALLOW_AMX=1`` keeps llama.cpp's default."""
+    from llama_cpp import llama_cpp as lib
+
+    if os.environ.get(AMX_ENV) == "1" or getattr(lib.llama_model_default_params, "_sadi_no_amx", False):
+        return
+    if not has_amx_kernels(lib.llama_print_system_info().decode("utf-8", errors="replace")):
+        return
+    default = lib.llama_model_default_params
+
+    @functools.wraps(default)
+    def without_repacking() -> Any:
+        params = default()
+        params.use_extra_bufts = False
+        return params
+
+    without_repacking._sadi_no_amx = True  # type: ignore[attr-defined]
+    lib.llama_model_default_params = without_repacking
