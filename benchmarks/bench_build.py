@@ -34,7 +34,7 @@ def make_pairs(n: int, prompt_len: int = 0) -> List[Dict[str, str]]:
                  "positive": " Positive", "negative": " Negative"} for i in range(n)]
     src = DATA / "sst2" / "train.jsonl"
     if src.is_file():
-        from sadi_cpp.tasks import convert_file
+        from sadi_cpp.data.tasks import convert_file
 
         rows = convert_file("sst2", src, limit=n)
         return [{"prompt": r["prompt"], "positive": r["choices"][r["label"]], "negative": r["choices"][1 - r["label"]]} for r in rows]
@@ -46,7 +46,7 @@ def worker(mode: str, n: int, prompt_len: int, threads: int) -> Dict[str, Any]:
     from llama_cpp import Llama
 
     import sadi_cpp
-    from sadi_cpp.contrast import mean_differences
+    from sadi_cpp.masks.contrast import mean_differences
     from sadi_cpp.models import default_model_path
 
     pairs = make_pairs(n, prompt_len)

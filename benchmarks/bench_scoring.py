@@ -27,9 +27,9 @@ from _common import DATA, machine, peak_rss_mib, print_table, write_json
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from reproduce_results import load, open_model, statistics  # noqa: E402
 
-from sadi_cpp.interventions import BASELINE  # noqa: E402
-from sadi_cpp.scoring import score_items  # noqa: E402
-from sadi_cpp.tune import config_for  # noqa: E402
+from sadi_cpp.evaluation.interventions import BASELINE  # noqa: E402
+from sadi_cpp.scoring.score import score_items  # noqa: E402
+from sadi_cpp.evaluation.tune import config_for  # noqa: E402
 
 K_GRID, DELTA_GRID = [3, 5, 10, 20], [1.0, 2.0, 4.0, 9.0]
 

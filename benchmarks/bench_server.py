@@ -210,9 +210,9 @@ def steering_cost(model: str, threads: int, mask_path: Path, n_jobs: int, max_to
     import queue
 
     import sadi_cpp
-    from sadi_cpp.batcher import Batcher, Finished, Job
-    from sadi_cpp.mask_library import MaskLibrary
-    from sadi_cpp.sampling import SamplingParams
+    from sadi_cpp.server.batcher import Batcher, Finished, Job
+    from sadi_cpp.server.mask_library import MaskLibrary
+    from sadi_cpp.server.sampling import SamplingParams
 
     hook = sadi_cpp.load(model, n_ctx=2048 * n_jobs, n_batch=512, n_ubatch=512, n_threads=threads, n_threads_batch=threads)
     library = MaskLibrary.load(mask_path.parent, hook)
@@ -248,7 +248,7 @@ def decode_scaling(model: str, threads: int, rows: int) -> Dict[str, float]:
     """Median time of one llama.cpp decode of `rows` generating sequences against one: the most
     that batching can gain on this machine and model, whatever the server does around it."""
     import sadi_cpp
-    from sadi_cpp.hook import BatchRow
+    from sadi_cpp.llama.hook import BatchRow
 
     hook = sadi_cpp.load(model, n_ctx=2048 * rows, n_batch=512, n_ubatch=512, n_threads=threads, n_threads_batch=threads)
     prompt = hook.llm.tokenize(PROMPTS[1].encode())

@@ -2,7 +2,7 @@
 
     python benchmarks/bench_startup.py [--repeats 3]
 
-- fingerprint: sadi_cpp.fingerprint.tensors_sha256 on the default model (the GGUF header only,
+- fingerprint: sadi_cpp.masks.fingerprint.tensors_sha256 on the default model (the GGUF header only,
   keys' values skipped by size) against the same hash through gguf-py's GGUFReader (which parses
   the 262k-token vocabulary string by string); the hashes must be equal.
 - generate: wall time of `sadi-cpp generate -n 8 --mask M PROMPT` from the shell, against a plain
@@ -41,7 +41,7 @@ def main() -> None:
     args = ap.parse_args()
     import gguf
 
-    from sadi_cpp.fingerprint import tensors_sha256
+    from sadi_cpp.masks.fingerprint import tensors_sha256
     from sadi_cpp.models import default_model_path
 
     model = str(default_model_path())

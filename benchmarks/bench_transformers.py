@@ -128,7 +128,7 @@ def hf_generate(n_gen: int, threads: int) -> Dict[str, Any]:
 
 def ours_build(n_pairs: int, threads: int, out: Path, batched: bool) -> Dict[str, Any]:
     import sadi_cpp
-    from sadi_cpp.contrast import mean_differences
+    from sadi_cpp.masks.contrast import mean_differences
 
     hook = sadi_cpp.load(n_ctx=2048, n_batch=512, n_threads=threads, n_threads_batch=threads)
     pairs = make_pairs(n_pairs)

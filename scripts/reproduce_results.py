@@ -23,14 +23,14 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 import sadi_cpp
-from sadi_cpp.contrast import mean_differences
-from sadi_cpp.interventions import BASELINE, fixed, random_units
-from sadi_cpp.mask import select_top_k
-from sadi_cpp.mcdata import MCItem, parse_mc
-from sadi_cpp.scoring import score_items
-from sadi_cpp.stats import paired
-from sadi_cpp.tasks import convert_file
-from sadi_cpp.tune import config_for, default_grid
+from sadi_cpp.masks.contrast import mean_differences
+from sadi_cpp.evaluation.interventions import BASELINE, fixed, random_units
+from sadi_cpp.masks.mask import select_top_k
+from sadi_cpp.data.mcdata import MCItem, parse_mc
+from sadi_cpp.scoring.score import score_items
+from sadi_cpp.evaluation.stats import paired
+from sadi_cpp.data.tasks import convert_file
+from sadi_cpp.evaluation.tune import config_for, default_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 SITES = ("head", "neuron", "hidden")

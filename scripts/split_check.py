@@ -14,7 +14,7 @@ import numpy as np
 from llama_cpp import Llama
 
 from sadi_cpp.models import default_model_path
-from sadi_cpp.tasks import convert_file
+from sadi_cpp.data.tasks import convert_file
 
 
 def last_logits(llm: Llama) -> np.ndarray:

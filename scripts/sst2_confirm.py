@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sadi_cpp.interventions import BASELINE, fixed, random_units
-from sadi_cpp.mask import select_top_k
-from sadi_cpp.scoring import score_items
-from sadi_cpp.stats import paired
-from sadi_cpp.tune import config_for
+from sadi_cpp.evaluation.interventions import BASELINE, fixed, random_units
+from sadi_cpp.masks.mask import select_top_k
+from sadi_cpp.scoring.score import score_items
+from sadi_cpp.evaluation.stats import paired
+from sadi_cpp.evaluation.tune import config_for
 
 from reproduce_results import ROOT, SITES, load, log, open_model, statistics  # scripts/ is on the path when run as a script
 

@@ -22,10 +22,10 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from sadi_cpp.interventions import BASELINE, sadi
-from sadi_cpp.mask import select_top_k
-from sadi_cpp.scoring import score_items
-from sadi_cpp.stats import paired
+from sadi_cpp.evaluation.interventions import BASELINE, sadi
+from sadi_cpp.masks.mask import select_top_k
+from sadi_cpp.scoring.score import score_items
+from sadi_cpp.evaluation.stats import paired
 
 from reproduce_results import ROOT, WIDE_GRIDS, load, log, open_model, statistics  # scripts/ is on the path when run as a script
 

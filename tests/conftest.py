@@ -43,7 +43,7 @@ def make_llama(tiny_path: Path):
 
 @pytest.fixture(autouse=True)
 def stats_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Each test keeps its cached statistics (sadi_cpp.stats_cache) in a folder of its own, never
+    """Each test keeps its cached statistics (sadi_cpp.masks.stats_cache) in a folder of its own, never
     in the user's ~/.cache; subprocesses inherit the variable."""
     path = tmp_path_factory.mktemp("stats-cache")
     monkeypatch.setenv("SADI_CPP_CACHE", str(path))

@@ -100,8 +100,8 @@ class Server:
 def write_random_masks(model_path: Path, folder: Path, specs: Dict[str, Tuple[str, int, float]], seed: int = 0) -> Dict[str, Any]:
     """Write one mask per {name: (site, top_k, delta)} with a random table, fitted to the model."""
     import sadi_cpp
-    from sadi_cpp.fingerprint import model_fingerprint
-    from sadi_cpp.mask import SadiMask
+    from sadi_cpp.masks.fingerprint import model_fingerprint
+    from sadi_cpp.masks.mask import SadiMask
 
     hook = sadi_cpp.load(str(model_path), n_ctx=64)
     try:

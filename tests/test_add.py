@@ -63,7 +63,7 @@ def test_residual_add_at_every_token_equals_llamas_control_vector(tiny, tiny_pat
 
     plain = make_llama()
     data = np.ascontiguousarray(direction[1:].reshape(-1))  # llama.cpp's buffer starts at layer 1
-    rc = sadi_cpp.hook.llama_cpp.llama_set_adapter_cvec(
+    rc = sadi_cpp.llama.hook.llama_cpp.llama_set_adapter_cvec(
         plain._ctx.ctx, data.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), data.size, tiny.n_embd, 1, tiny.n_layer - 1)
     assert rc == 0
     cvec = eval_fresh(plain, PROMPT)

@@ -9,7 +9,7 @@ from helpers import assert_f32_close, eval_fresh, f32_tol
 
 import sadi_cpp
 from sadi_cpp import BadInputError
-from sadi_cpp.hook import BatchRow
+from sadi_cpp.llama.hook import BatchRow
 
 PROMPT = [1] + [(7 * i + 11) % 250 + 3 for i in range(29)]  # 30 tokens, BOS first
 LAST = [len(PROMPT) - 1]

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import sadi_cpp
 from sadi_cpp.cli import app
-from sadi_cpp.mask import SadiMask
+from sadi_cpp.masks.mask import SadiMask
 
 runner = CliRunner()
 WORDS = ["good", "bad", "warm", "cold", "fine", "poor", "kind", "mean", "calm", "loud", "soft", "hard"]
@@ -91,14 +91,14 @@ def test_caa_control_vector_loads_in_llama_cpp_and_matches_the_engine(tiny, tiny
     plain = make_llama()
     prompt = plain.tokenize(b"Item 3: it is")
     before = eval_fresh(plain, prompt)
-    rc = sadi_cpp.hook.llama_cpp.llama_set_adapter_cvec(plain._ctx.ctx, buf.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
+    rc = sadi_cpp.llama.hook.llama_cpp.llama_set_adapter_cvec(plain._ctx.ctx, buf.ctypes.data_as(ctypes.POINTER(ctypes.c_float)),
                                                         buf.size, tiny.n_embd, 1, tiny.n_layer - 1)
     assert rc == 0
     with_cvec = eval_fresh(plain, prompt)
     assert np.abs(with_cvec - before).max() > 0.1  # the control vector changes the logits
 
     hook = sadi_cpp.attach(make_llama())
-    from sadi_cpp.cvec import read_cvec
+    from sadi_cpp.masks.cvec import read_cvec
 
     with hook.steering(add={"residual": read_cvec(cv, tiny.n_layer, tiny.n_embd)}, positions="all"):
         ours = eval_fresh(hook.llm, prompt)

@@ -6,7 +6,7 @@ import gguf
 import pytest
 
 from sadi_cpp import BadInputError
-from sadi_cpp.fingerprint import tensors_sha256
+from sadi_cpp.masks.fingerprint import tensors_sha256
 
 
 def gguf_py_hash(path) -> str:

@@ -22,9 +22,9 @@ from typing import Dict, List, Optional
 import numpy as np
 
 from sadi_cpp import BadInputError
-from sadi_cpp.mask import SadiMask
-from sadi_cpp.mcdata import read_mc
-from sadi_cpp.pairs import read_pairs
+from sadi_cpp.masks.mask import SadiMask
+from sadi_cpp.data.mcdata import read_mc
+from sadi_cpp.data.pairs import read_pairs
 
 MODEL = {"arch": "llama", "n_layer": 3, "n_embd": 32, "n_head": 4, "head_dim": 8, "n_ff": 48, "n_vocab": 259,
          "tensors_sha256": "ab" * 32}

@@ -17,12 +17,12 @@ from helpers import runner
 
 import sadi_cpp
 from sadi_cpp.cli import app
-from sadi_cpp.contrast import mean_differences
-from sadi_cpp.interventions import BASELINE
-from sadi_cpp.mask import SadiMask
-from sadi_cpp.mcdata import MCItem
-from sadi_cpp.scoring import score_items
-from sadi_cpp.tune import config_for
+from sadi_cpp.masks.contrast import mean_differences
+from sadi_cpp.evaluation.interventions import BASELINE
+from sadi_cpp.masks.mask import SadiMask
+from sadi_cpp.data.mcdata import MCItem
+from sadi_cpp.scoring.score import score_items
+from sadi_cpp.evaluation.tune import config_for
 
 WORDS = ["good", "bad", "warm", "cold", "fine", "poor", "kind", "mean", "calm", "loud", "soft", "hard"]
 
@@ -118,13 +118,13 @@ def test_statistics_survive_an_interrupt_and_the_next_tune_reuses_them(tiny_path
     assert proc.returncode == 143 and "kept: the statistics, in" in stderr and "Traceback" not in stderr, stderr
 
     # the next run: its statistics phase decodes nothing (count the decodes before scoring starts)
-    import sadi_cpp.hook
-    import sadi_cpp.tune
+    import sadi_cpp.llama.hook
+    import sadi_cpp.evaluation.tune
 
     decodes, at_scoring = [], []
-    real_decode, real_score = sadi_cpp.hook.Hook.decode, sadi_cpp.tune.score_items
-    monkeypatch.setattr(sadi_cpp.hook.Hook, "decode", lambda self, *a, **k: decodes.append(1) or real_decode(self, *a, **k))
-    monkeypatch.setattr(sadi_cpp.tune, "score_items", lambda *a, **k: at_scoring.append(len(decodes)) or real_score(*a, **k))
+    real_decode, real_score = sadi_cpp.llama.hook.Hook.decode, sadi_cpp.evaluation.tune.score_items
+    monkeypatch.setattr(sadi_cpp.llama.hook.Hook, "decode", lambda self, *a, **k: decodes.append(1) or real_decode(self, *a, **k))
+    monkeypatch.setattr(sadi_cpp.evaluation.tune, "score_items", lambda *a, **k: at_scoring.append(len(decodes)) or real_score(*a, **k))
     small = write(tmp_path / "small.jsonl", read_rows(dev, 10))
     res = runner.invoke(app, ["tune", str(big), str(small), "-m", str(tiny_path), "--k-grid", "1", "--delta-grid", "2", "--json"])
     assert res.exit_code == 0, res.output

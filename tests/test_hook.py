@@ -329,7 +329,7 @@ def test_a_failed_attach_leaves_a_working_plain_llama(tiny, make_llama, monkeypa
     def broken(*args, **kwargs):
         raise RuntimeError("no context today")
 
-    monkeypatch.setattr(sadi_cpp.hook, "HookedContext", broken)
+    monkeypatch.setattr(sadi_cpp.llama.hook, "HookedContext", broken)
     with pytest.raises(RuntimeError, match="no context today"):
         sadi_cpp.attach(llm)
     assert getattr(llm, "_sadi_hook", None) is None

@@ -6,7 +6,7 @@ from helpers import ORACLE_SITES, assert_f32_close, eval_fresh
 
 import sadi_cpp
 from sadi_cpp import BadInputError
-from sadi_cpp.mask import SadiMask, build_mask, select_top_k
+from sadi_cpp.masks.mask import SadiMask, build_mask, select_top_k
 
 PAIRS = [
     {"prompt": "The film was ", "positive": "good", "negative": "bad"},
@@ -62,7 +62,7 @@ def test_with_top_k_reuses_the_table(tiny, make_llama):
 def test_long_pairs_are_skipped_or_refused(tiny, make_llama):
     hook = sadi_cpp.attach(make_llama(n_ctx=64))
     long = [{"positive": "x" * 200, "negative": "y"}] + PAIRS
-    from sadi_cpp.mask import BuildStats
+    from sadi_cpp.masks.mask import BuildStats
 
     stats = BuildStats()
     m = build_mask(hook, long, site="hidden", top_k=2, stats=stats)
@@ -90,7 +90,7 @@ def test_a_mask_steers_like_its_units(tiny, make_llama):
 def test_batched_statistics_equal_sequential_ones_across_groups(tiny, make_llama):
     """Small batches force many groups and the fallback for a pair too long for a group; every
     site, the residual stream included, must agree with one text per decode."""
-    from sadi_cpp.contrast import mean_differences
+    from sadi_cpp.masks.contrast import mean_differences
 
     pairs = PAIRS * 5 + [{"prompt": "x" * 40, "positive": "long one", "negative": "short"}]
     hook = sadi_cpp.attach(make_llama(n_batch=48, n_ubatch=48))

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from sadi_cpp import BadInputError
-from sadi_cpp.pairs import read_pairs
+from sadi_cpp.data.pairs import read_pairs
 
 
 def write(tmp_path, text):
@@ -44,7 +44,7 @@ def test_missing_file(tmp_path):
 def test_first_lines_keeps_every_pair_of_a_multiple_choice_line(tmp_path):
     import json
 
-    from sadi_cpp.pairs import first_lines, read_pairs
+    from sadi_cpp.data.pairs import first_lines, read_pairs
 
     p = tmp_path / "mixed.jsonl"
     p.write_text("\n".join([

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from sadi_cpp.batcher import _held_back
+from sadi_cpp.server.batcher import _held_back
 from sadi_cpp.errors import BadInputError
-from sadi_cpp.sampling import SamplingParams, log_softmax, next_token, penalize, top_logprobs
+from sadi_cpp.server.sampling import SamplingParams, log_softmax, next_token, penalize, top_logprobs
 
 OFF = dict(top_k=0, top_p=1.0, min_p=0.0, repeat_penalty=1.0)
 

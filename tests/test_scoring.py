@@ -7,9 +7,9 @@ import pytest
 from helpers import assert_f32_close
 
 import sadi_cpp
-from sadi_cpp.interventions import BASELINE, Intervention, sadi
-from sadi_cpp.mcdata import MCItem
-from sadi_cpp.scoring import Scores, score_items
+from sadi_cpp.evaluation.interventions import BASELINE, Intervention, sadi
+from sadi_cpp.data.mcdata import MCItem
+from sadi_cpp.scoring.score import Scores, score_items
 
 ITEMS = [
     MCItem("Item 1: the sky is", (" blue", " green", " loud!"), 0),
@@ -125,7 +125,7 @@ def test_predictions_sum_and_per_token():
 def test_evaluate_compares_on_the_same_items(tiny, make_llama, tmp_path):
     import json
 
-    from sadi_cpp.evaluate import evaluate
+    from sadi_cpp.evaluation.evaluate import evaluate
 
     hook = sadi_cpp.attach(make_llama())
     path = tmp_path / "mc.jsonl"

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 import sadi_cpp
-from sadi_cpp.hook import BatchRow
-from sadi_cpp.mask import SadiMask
+from sadi_cpp.llama.hook import BatchRow
+from sadi_cpp.masks.mask import SadiMask
 from sadi_cpp.models import resolve_model
 from server_helpers import Server, write_random_masks
 

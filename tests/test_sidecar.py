@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from sadi_cpp import BadInputError
-from sadi_cpp.mask import SadiMask
-from sadi_cpp.sidecar import ARCH, read_sidecar
+from sadi_cpp.masks.mask import SadiMask
+from sadi_cpp.masks.sidecar import ARCH, read_sidecar
 
 MODEL = {"arch": "llama", "n_layer": 3, "n_embd": 32, "n_head": 4, "head_dim": 8, "n_ff": 48, "n_vocab": 259,
          "tensors_sha256": "ab" * 32}
@@ -67,8 +67,8 @@ def test_an_interrupted_write_leaves_nothing(tmp_path, monkeypatch):
 
 # ---- hostile and damaged files (each must end in a BadInputError naming the file and the part) ----
 
-from sadi_cpp import sidecar  # noqa: E402
-from sadi_cpp.sidecar import SidecarContent, write_sidecar  # noqa: E402
+from sadi_cpp.masks import sidecar  # noqa: E402
+from sadi_cpp.masks.sidecar import SidecarContent, write_sidecar  # noqa: E402
 
 V = gguf.GGUFValueType
 
@@ -200,7 +200,7 @@ def test_a_forged_array_count_ends_fast_in_bounded_memory(tmp_path):
         # in a child limited to 1 GiB of address space and 60 s: a reader that trusted the count
         # would loop past the end of the file or allocate without bound
         script = ("import resource; resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))\n"
-                  "from sadi_cpp.mask import SadiMask\nfrom sadi_cpp import BadInputError\n"
+                  "from sadi_cpp.masks.mask import SadiMask\nfrom sadi_cpp import BadInputError\n"
                   f"try:\n    SadiMask.load({str(path)!r})\nexcept BadInputError as e:\n    print('refused:', e)\n")
         res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, cwd=tmp_path)
         assert res.returncode == 0 and "refused:" in res.stdout and "sadi.extra" in res.stdout, res.stderr[-2000:]

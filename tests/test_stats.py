@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from sadi_cpp.stats import paired
+from sadi_cpp.evaluation.stats import paired
 
 
 def test_paired_counts_and_intervals():

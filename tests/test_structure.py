@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Dict, List, Set
 
 import sadi_cpp
-from sadi_cpp._runtime import pinned_llama_cpp_python
+from sadi_cpp.llama.runtime import pinned_llama_cpp_python
 
 PACKAGE = Path(sadi_cpp.__file__).parent  # the installed package (tests never import the source tree)
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,9 +104,9 @@ def test_layers_point_one_way():
 def test_only_hook_touches_llama_cpp_python_internals():
     pattern = re.compile(r"_internals|\._ctx\b|_chat_handlers|\.n_tokens\s*=|get_logits_ith|llama_cpp\.llama_")
     users = {name for name, path in modules().items() if pattern.search(path.read_text())}
-    assert users == {"sadi_cpp.hook"}
+    assert users == {"sadi_cpp.llama.hook"}
     importers = {name for name, path in modules().items() if re.search(r"^\s*(from|import) llama_cpp", path.read_text(), re.M)}
-    assert importers == {"sadi_cpp.hook", "sadi_cpp._runtime", "sadi_cpp.server.protocol"}
+    assert importers == {"sadi_cpp.llama.hook", "sadi_cpp.llama.runtime", "sadi_cpp.server.protocol"}
     # the server reuses llama-cpp-python's public OpenAI request types, nothing else of it
     protocol = modules()["sadi_cpp.server.protocol"].read_text()
     assert re.findall(r"^\s*(?:from|import) (llama_cpp[\w.]*)", protocol, re.M) == ["llama_cpp.server.types"]
@@ -126,7 +126,7 @@ def test_docstring_examples_run():
         result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
         assert result.failed == 0, name
         attempted += result.attempted
-    assert attempted > 0  # the runnable examples (e.g. sadi_cpp.tasks) were found and run
+    assert attempted > 0  # the runnable examples (e.g. sadi_cpp.data.tasks) were found and run
 
 
 def test_one_source_for_the_llama_cpp_python_pin():

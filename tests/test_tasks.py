@@ -5,9 +5,9 @@ import json
 import pytest
 
 from sadi_cpp.errors import BadInputError
-from sadi_cpp.mcdata import read_mc
-from sadi_cpp.pairs import read_pairs
-from sadi_cpp.tasks import convert, convert_file
+from sadi_cpp.data.mcdata import read_mc
+from sadi_cpp.data.pairs import read_pairs
+from sadi_cpp.data.tasks import convert, convert_file
 
 COPA_ROW = {"premise": "The item was packaged in bubble wrap.", "question": "cause",
             "choices": ["It was fragile.", "It was small."], "label": 0}

@@ -24,8 +24,8 @@ def prepare(
     limit: Annotated[Optional[int], typer.Option("--limit", help="Convert at most this many rows.")] = None,
 ) -> None:
     """Turn a task file into multiple-choice JSONL with the paper's prompt format."""
-    from sadi_cpp.mcdata import write_jsonl
-    from sadi_cpp.tasks import convert_file
+    from sadi_cpp.data.mcdata import write_jsonl
+    from sadi_cpp.data.tasks import convert_file
 
     check_output(output, "data file")
     rows = convert_file(task, raw, start, limit)
@@ -47,8 +47,8 @@ def export_cvec(
     as_json: JsonOut = False,
 ) -> None:
     """Export the mean residual-stream difference (CAA) as a llama.cpp control vector (--control-vector)."""
-    from sadi_cpp.cvec import default_cvec_path, directions_from_pairs, write_cvec
-    from sadi_cpp.pairs import read_pairs
+    from sadi_cpp.masks.cvec import default_cvec_path, directions_from_pairs, write_cvec
+    from sadi_cpp.data.pairs import read_pairs
 
     if output is not None:
         check_output(output, "control vector")

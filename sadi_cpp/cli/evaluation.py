@@ -39,9 +39,9 @@ def eval_cmd(
     as_json: JsonOut = False,
 ) -> None:
     """Accuracy unsteered and steered on the same items, the paired difference with a 95% interval."""
-    from sadi_cpp.evaluate import evaluate
-    from sadi_cpp.interventions import from_files
-    from sadi_cpp.mcdata import read_mc
+    from sadi_cpp.evaluation.evaluate import evaluate
+    from sadi_cpp.evaluation.interventions import from_files
+    from sadi_cpp.data.mcdata import read_mc
     from sadi_cpp.positions import check_policy
 
     check_policy(positions)
@@ -96,14 +96,14 @@ def tune(
     as_json: JsonOut = False,
 ) -> None:
     """Grid-search K and delta on DEV from statistics built once on TRAIN; write the best into the sidecar."""
-    from sadi_cpp.interventions import METHODS
-    from sadi_cpp.mcdata import read_mc
-    from sadi_cpp.pairs import file_sha256, first_lines, read_pairs
+    from sadi_cpp.evaluation.interventions import METHODS
+    from sadi_cpp.data.mcdata import read_mc
+    from sadi_cpp.data.pairs import file_sha256, first_lines, read_pairs
     from sadi_cpp.positions import check_policy
     from sadi_cpp.sites import check_site
-    from sadi_cpp.stats_cache import gather
-    from sadi_cpp.tune import save_tuned, tune_fixed_baseline
-    from sadi_cpp.tune import tune as run_tune
+    from sadi_cpp.masks.stats_cache import gather
+    from sadi_cpp.evaluation.tune import save_tuned, tune_fixed_baseline
+    from sadi_cpp.evaluation.tune import tune as run_tune
 
     check_site(site)
     check_policy(positions)

@@ -38,8 +38,8 @@ def build_mask_cmd(
     as_json: JsonOut = False,
 ) -> None:
     """Build a SADI mask from contrastive pairs (SADI steps 1-2) and save it as a GGUF sidecar."""
-    from sadi_cpp.mask import BuildStats, build_mask, default_mask_path
-    from sadi_cpp.pairs import file_sha256, read_pairs
+    from sadi_cpp.masks.mask import BuildStats, build_mask, default_mask_path
+    from sadi_cpp.data.pairs import file_sha256, read_pairs
     from sadi_cpp.sites import check_site
 
     if model_arg is not None and model is not None:
@@ -93,8 +93,8 @@ def generate(
     as_json: JsonOut = False,
 ) -> None:
     """Generate text with the model steered by a SADI mask (streams tokens)."""
-    from sadi_cpp.generation import choose_chat, stream_text
-    from sadi_cpp.mask import SadiMask
+    from sadi_cpp.llama.chat import choose_chat, stream_text
+    from sadi_cpp.masks.mask import SadiMask
     from sadi_cpp.positions import check_policy
 
     m = SadiMask.load(mask)
@@ -141,7 +141,7 @@ def inspect(
     as_json: JsonOut = False,
 ) -> None:
     """Show a mask: its metadata, the model it fits, its top units."""
-    from sadi_cpp.mask import SadiMask
+    from sadi_cpp.masks.mask import SadiMask
 
     if plot is not None:
         check_output(plot, "plot")
@@ -195,7 +195,7 @@ def check(
     as_json: JsonOut = False,
 ) -> None:
     """Load a model, probe its graph, and say which sites can be read and steered (and why not)."""
-    from sadi_cpp.check import report
+    from sadi_cpp.llama.check import report
 
     if model_arg is not None and model is not None:
         raise BadInputError("give the model once: as the argument or with --model, not both")

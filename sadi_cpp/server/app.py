@@ -15,11 +15,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sadi_cpp.batcher import Batcher, Failed, Finished, Job, Piece, QueueFull, TokenInfo
+from sadi_cpp.server.batcher import Batcher, Failed, Finished, Job, Piece, QueueFull, TokenInfo
 from sadi_cpp.errors import BadInputError, SadiError
-from sadi_cpp.hook import Hook, chat_prompt
-from sadi_cpp.mask_library import MaskLibrary
-from sadi_cpp.sampling import SamplingParams
+from sadi_cpp.llama.hook import Hook, chat_prompt
+from sadi_cpp.server.mask_library import MaskLibrary
+from sadi_cpp.server.sampling import SamplingParams
 from sadi_cpp.server.protocol import ChatRequest, CompletionRequest, Reply, error_body, unsupported, usage
 
 POLL_SECONDS = 0.25  # how often a non-streaming request checks that its client is still there

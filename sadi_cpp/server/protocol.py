@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Union
 from llama_cpp.server.types import CreateChatCompletionRequest, CreateCompletionRequest
 from pydantic import Field
 
-from sadi_cpp.batcher import TokenInfo
+from sadi_cpp.server.batcher import TokenInfo
 
 SADI_FIELD = Field(default=None, description='Steering for this request: {"mask": NAME, "delta": 9, "top_k": 5, '
                                              '"positions": "last"}; absent or null: unsteered.')

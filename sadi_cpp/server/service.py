@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 import sadi_cpp
-from sadi_cpp.batcher import Batcher
+from sadi_cpp.server.batcher import Batcher
 from sadi_cpp.errors import BadInputError
-from sadi_cpp.generation import choose_chat
-from sadi_cpp.hook import Hook, has_chat_template
-from sadi_cpp.mask_library import MaskLibrary
+from sadi_cpp.llama.chat import choose_chat
+from sadi_cpp.llama.hook import Hook, has_chat_template
+from sadi_cpp.server.mask_library import MaskLibrary
 
 N_BATCH = 512  # rows of one decode: the running generations plus prompt rows of joining requests
 

@@ -26,9 +26,9 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
 import numpy as np
 
 from sadi_cpp.errors import BadInputError
-from sadi_cpp.hook import BatchRow, Hook
-from sadi_cpp.pairs import Pair, as_pairs, file_sha256, read_pairs
-from sadi_cpp.recording import Recording
+from sadi_cpp.llama.hook import BatchRow, Hook
+from sadi_cpp.data.pairs import Pair, as_pairs, file_sha256, read_pairs
+from sadi_cpp.llama.recording import Recording
 from sadi_cpp.sites import RECORD_SITES, check_site
 
 

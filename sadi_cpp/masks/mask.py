@@ -17,15 +17,16 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 import numpy as np
 
-from sadi_cpp import __version__, sidecar
-from sadi_cpp.contrast import Contrast, mean_differences
+from sadi_cpp import __version__
+from sadi_cpp.masks import sidecar
+from sadi_cpp.masks.contrast import Contrast, mean_differences
 from sadi_cpp.errors import BadInputError
-from sadi_cpp.fingerprint import fingerprint_mismatch, model_fingerprint
-from sadi_cpp.hook import Hook
-from sadi_cpp.pairs import Pair, file_sha256, read_pairs
+from sadi_cpp.masks.fingerprint import fingerprint_mismatch, model_fingerprint
+from sadi_cpp.llama.hook import Hook
+from sadi_cpp.data.pairs import Pair, file_sha256, read_pairs
 from sadi_cpp.positions import POLICIES
 from sadi_cpp.sites import DEFAULT_DELTA, DEFAULT_TOP_K, SITES, check_site
-from sadi_cpp.stats_cache import gather
+from sadi_cpp.masks.stats_cache import gather
 
 RANK_BY = ("signed", "abs")
 
@@ -196,8 +197,8 @@ def build_mask(
     the engine's streaming accumulators (memory does not grow with the number of pairs). A pair
     longer than the context is skipped and counted, or refused with ``strict``. Multiple-choice
     items count as one pair per wrong choice. ``batched``: many pairs per decode, shared prompts
-    evaluated once (see sadi_cpp.contrast); False evaluates each text alone. ``cache``: reuse or
-    keep the statistics on disk (sadi_cpp.stats_cache).
+    evaluated once (see sadi_cpp.masks.contrast); False evaluates each text alone. ``cache``: reuse or
+    keep the statistics on disk (sadi_cpp.masks.stats_cache).
     """
     check_site(site)
     if site not in hook.sites:
@@ -219,7 +220,7 @@ def build_mask(
 
 
 def mask_from_contrast(hook: Hook, contrast: Contrast, site: str, top_k: int, delta: float, rank_by: str = "signed") -> SadiMask:
-    """SADI step 2 on statistics already gathered (see sadi_cpp.contrast)."""
+    """SADI step 2 on statistics already gathered (see sadi_cpp.masks.contrast)."""
     llm = hook.llm
     return SadiMask(
         site=site,

@@ -12,13 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
-from sadi_cpp.hook import Hook
-from sadi_cpp.interventions import BASELINE, Intervention
-from sadi_cpp.mcdata import MCItem, read_mc
+from sadi_cpp.llama.hook import Hook
+from sadi_cpp.evaluation.interventions import BASELINE, Intervention
+from sadi_cpp.data.mcdata import MCItem, read_mc
 from sadi_cpp.positions import DEFAULT_POLICY
-from sadi_cpp.scoring import score_items
-from sadi_cpp.stats import Paired, paired
-from sadi_cpp.verdict import AnswerBias, answer_bias
+from sadi_cpp.scoring.score import score_items
+from sadi_cpp.evaluation.stats import Paired, paired
+from sadi_cpp.evaluation.verdict import AnswerBias, answer_bias
 
 
 @dataclass

@@ -19,12 +19,12 @@ from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from sadi_cpp.contrast import Contrast, mean_differences
+from sadi_cpp.masks.contrast import Contrast, mean_differences
 from sadi_cpp.errors import SadiError
 from sadi_cpp.files import atomic_path
-from sadi_cpp.fingerprint import model_fingerprint
-from sadi_cpp.hook import Hook
-from sadi_cpp.pairs import Pair, as_pairs
+from sadi_cpp.masks.fingerprint import model_fingerprint
+from sadi_cpp.llama.hook import Hook
+from sadi_cpp.data.pairs import Pair, as_pairs
 
 
 def cache_dir() -> Path:

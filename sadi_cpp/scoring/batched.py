@@ -18,8 +18,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from sadi_cpp.errors import BadInputError
-from sadi_cpp.hook import BatchRow, Hook
-from sadi_cpp.interventions import Intervention
+from sadi_cpp.llama.hook import BatchRow, Hook
+from sadi_cpp.evaluation.interventions import Intervention
 
 
 @dataclass

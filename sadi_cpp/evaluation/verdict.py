@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Sequence
 
 import numpy as np
 
-from sadi_cpp.stats import Paired, paired
+from sadi_cpp.evaluation.stats import Paired, paired
 
 CONSTANT_SHARE = 0.95  # "nearly every item": the most given answer on at least this share of the items
 

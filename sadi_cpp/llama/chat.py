@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Iterator, Optional
 
 from sadi_cpp.errors import BadInputError
-from sadi_cpp.hook import Hook, has_chat_template, use_chat_format
+from sadi_cpp.llama.hook import Hook, has_chat_template, use_chat_format
 
 
 def choose_chat(hook: Hook, chat: bool, chat_format: Optional[str]) -> bool:

@@ -1,7 +1,7 @@
 """Log-likelihood scoring of multiple-choice items under several steering configurations.
 
 Each choice is scored as the summed log-probability of its tokens after the prompt. By default
-(sadi_cpp.scoring_batched) every configuration is an engine configuration bound to its own
+(sadi_cpp.scoring.batched) every configuration is an engine configuration bound to its own
 sequences, and one decode holds several items' prompts (once each), every configuration's last
 prompt token and every choice's continuation. The reference way (``batched=False``): the prompt
 evaluated once up to its second-to-last token, then per configuration the last prompt token (the
@@ -21,11 +21,11 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from sadi_cpp.errors import BadInputError
-from sadi_cpp.hook import Hook
-from sadi_cpp.interventions import Intervention
-from sadi_cpp.mcdata import MCItem
+from sadi_cpp.llama.hook import Hook
+from sadi_cpp.evaluation.interventions import Intervention
+from sadi_cpp.data.mcdata import MCItem
 from sadi_cpp.positions import DEFAULT_POLICY, check_policy
-from sadi_cpp.scoring_batched import score_batched
+from sadi_cpp.scoring.batched import score_batched
 
 
 @dataclass
@@ -104,7 +104,7 @@ def score_items(
 ) -> Scores:
     """Score every choice of every item under every configuration.
 
-    ``batched=True`` (default): many configurations and items per decode (sadi_cpp.scoring_batched).
+    ``batched=True`` (default): many configurations and items per decode (sadi_cpp.scoring.batched).
     ``batched=False``: one configuration at a time through the hook's ordinary steering (the
     module docstring's way; kept as the reference the batched path is checked against). The two
     differ only by rounding: llama.cpp's results depend a little on how rows are grouped into

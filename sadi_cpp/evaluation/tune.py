@@ -14,17 +14,17 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
-from sadi_cpp.contrast import Contrast
-from sadi_cpp.cvec import default_cvec_path, write_cvec
+from sadi_cpp.masks.contrast import Contrast
+from sadi_cpp.masks.cvec import default_cvec_path, write_cvec
 from sadi_cpp.errors import BadInputError
-from sadi_cpp.hook import Hook
-from sadi_cpp.interventions import BASELINE, FIXED_ALPHAS, METHODS, Intervention, caa, fixed, one_layer, random_units, sadi
-from sadi_cpp.mask import default_mask_path, mask_from_contrast, select_top_k
-from sadi_cpp.mcdata import MCItem
+from sadi_cpp.llama.hook import Hook
+from sadi_cpp.evaluation.interventions import BASELINE, FIXED_ALPHAS, METHODS, Intervention, caa, fixed, one_layer, random_units, sadi
+from sadi_cpp.masks.mask import default_mask_path, mask_from_contrast, select_top_k
+from sadi_cpp.data.mcdata import MCItem
 from sadi_cpp.positions import DEFAULT_POLICY
-from sadi_cpp.scoring import Scores, score_items
+from sadi_cpp.scoring.score import Scores, score_items
 from sadi_cpp.sites import DEFAULT_GRIDS
-from sadi_cpp.verdict import AnswerBias, SelectionCheck, answer_bias, bias_dict, selection_check
+from sadi_cpp.evaluation.verdict import AnswerBias, SelectionCheck, answer_bias, bias_dict, selection_check
 
 ALPHA_GRID = list(FIXED_ALPHAS)
 

@@ -20,10 +20,10 @@ from typing import Any, ContextManager, Dict, Optional, Tuple
 
 import numpy as np
 
-from sadi_cpp.cvec import read_cvec
+from sadi_cpp.masks.cvec import read_cvec
 from sadi_cpp.errors import BadInputError
-from sadi_cpp.hook import Hook
-from sadi_cpp.mask import SadiMask
+from sadi_cpp.llama.hook import Hook
+from sadi_cpp.masks.mask import SadiMask
 
 METHODS = ("sadi", "fixed", "random", "caa")
 FIXED_ALPHAS = (1.0, 2.0, 5.0, 10.0, 20.0)  # the scales tune tries for the fixed and CAA vectors

@@ -1,5 +1,5 @@
 """The paper's prompt formats for its multiple-choice tasks, turning raw task rows into the
-multiple-choice schema of :mod:`sadi_cpp.mcdata`.
+multiple-choice schema of :mod:`sadi_cpp.data.mcdata`.
 
 The prompt strings are those of the SADI reference code (its ``load_dataset.py``); it joins the
 prompt and the answer with one space, so every choice here starts with a space (``" A"``). The
@@ -7,7 +7,7 @@ raw rows are the field layouts of the usual releases (COPA premise/question/choi
 text/label, ...); ``label`` is always the 0-based index of the correct choice. No task data is
 shipped: the user points at their own files.
 
->>> from sadi_cpp.tasks import convert
+>>> from sadi_cpp.data.tasks import convert
 >>> row = convert("sst2", {"text": "a gem of a film .", "label": 1})
 >>> row["choices"], row["label"], row["prompt"].endswith("a gem of a film .\\n\\nAnswer:")
 ([' Negative', ' Positive'], 1, True)

@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional, Sequence, Tuple, Union
 import gguf
 import numpy as np
 
-from sadi_cpp.contrast import mean_differences
+from sadi_cpp.masks.contrast import mean_differences
 from sadi_cpp.errors import BadInputError
 from sadi_cpp.files import atomic_path
 

@@ -19,9 +19,9 @@ from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 import numpy as np
 
 from sadi_cpp.errors import BadInputError, SadiError
-from sadi_cpp.hook import BatchRow, Hook
-from sadi_cpp.mask_library import MaskLibrary, Steer
-from sadi_cpp.sampling import PENALTY_LAST_N, SamplingParams, log_softmax, next_token, top_logprobs
+from sadi_cpp.llama.hook import BatchRow, Hook
+from sadi_cpp.server.mask_library import MaskLibrary, Steer
+from sadi_cpp.server.sampling import PENALTY_LAST_N, SamplingParams, log_softmax, next_token, top_logprobs
 
 log = logging.getLogger("sadi_cpp.server")
 

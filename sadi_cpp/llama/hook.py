@@ -29,11 +29,11 @@ from llama_cpp import Llama, llama_cpp
 from llama_cpp import _internals as internals
 from llama_cpp._utils import suppress_stdout_stderr
 
-from sadi_cpp._runtime import load_core
+from sadi_cpp.llama.runtime import load_core
 from sadi_cpp.errors import BadInputError, LlamaError, SadiError, SteeringError, UnsupportedModelError
 from sadi_cpp.models import resolve_model
 from sadi_cpp.positions import DEFAULT_POLICY, PositionTracker, check_policy
-from sadi_cpp.recording import MAX_SLOTS, Recording
+from sadi_cpp.llama.recording import MAX_SLOTS, Recording
 from sadi_cpp.sites import RECORD_SITES, SITES, Shape, check_adds, check_site, masks_to_units
 
 _core = load_core()

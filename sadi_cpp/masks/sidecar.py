@@ -1,9 +1,9 @@
 """The mask sidecar's file layer: a GGUF file (docs/mask-format.md) of plain fields and tensors,
-written with gguf-py and read back with sadi_cpp.gguf_file's bounded reader. Only the keys, value
+written with gguf-py and read back with sadi_cpp.masks.gguf_file's bounded reader. Only the keys, value
 types and tensors the format defines are accepted, and a sha256 of the content (every key's value
 and every tensor's bytes) is stored and checked, so a damaged file is refused instead of read as a
 slightly different mask. What the fields mean, and whether they agree with each other, is
-sadi_cpp.mask's business."""
+sadi_cpp.masks.mask's business."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ import numpy as np
 
 from sadi_cpp.errors import BadInputError
 from sadi_cpp.files import atomic_path
-from sadi_cpp.fingerprint import FIELDS
-from sadi_cpp.gguf_file import FLOAT32, STRING, TYPE_NAMES, UINT32, read_bytes, read_header
+from sadi_cpp.masks.fingerprint import FIELDS
+from sadi_cpp.masks.gguf_file import FLOAT32, STRING, TYPE_NAMES, UINT32, read_bytes, read_header
 
 ARCH = "sadi"  # never "controlvector": llama.cpp would load the file as a control vector
 FORMAT_VERSION = 2  # 2 added sadi.checksum; version 1 files (no checksum) are still read

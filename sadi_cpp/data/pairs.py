@@ -3,7 +3,7 @@
 One JSON object per line, either
   {"prompt": P, "positive": A, "negative": B}   activations read at the last token of P+A and of P+B
   {"positive": A, "negative": B}                 two whole texts
-  {"prompt": P, "choices": [...], "label": i}    a multiple-choice item (sadi_cpp.mcdata): one pair
+  {"prompt": P, "choices": [...], "label": i}    a multiple-choice item (sadi_cpp.data.mcdata): one pair
                                                  P+correct vs P+wrong for each wrong choice
 Empty lines are skipped.
 """
@@ -42,7 +42,7 @@ def parse_pair(obj: object, where: str) -> Pair:
 
 def parse_line(obj: object, where: str) -> List[Pair]:
     """The pairs of one line: one pair, or one per wrong choice of a multiple-choice item."""
-    from sadi_cpp.mcdata import is_mc, parse_mc
+    from sadi_cpp.data.mcdata import is_mc, parse_mc
 
     if is_mc(obj):
         return [Pair(pos, neg, where) for pos, neg in parse_mc(obj, where).pairs()]

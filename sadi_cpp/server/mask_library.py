@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from sadi_cpp.errors import BadInputError, SadiError
-from sadi_cpp.fingerprint import fingerprint_mismatch, model_fingerprint
-from sadi_cpp.hook import MAX_DELTA, Hook
-from sadi_cpp.mask import SadiMask
+from sadi_cpp.masks.fingerprint import fingerprint_mismatch, model_fingerprint
+from sadi_cpp.llama.hook import MAX_DELTA, Hook
+from sadi_cpp.masks.mask import SadiMask
 from sadi_cpp.positions import POLICIES
 
 SUFFIX = ".sadi.gguf"

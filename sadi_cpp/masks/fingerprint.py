@@ -9,7 +9,7 @@ from typing import Any, Dict, Union
 import gguf
 
 from sadi_cpp.errors import BadInputError
-from sadi_cpp.gguf_file import read_header
+from sadi_cpp.masks.gguf_file import read_header
 
 FIELDS = ("arch", "n_layer", "n_embd", "n_head", "head_dim", "n_ff", "n_vocab", "tensors_sha256")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any, Dict
 
-from sadi_cpp.hook import Hook
+from sadi_cpp.llama.hook import Hook
 from sadi_cpp.sites import RECORD_SITES
 
 

@@ -1,0 +1,1 @@
+"""Does steering help: the configurations compared (SADI and its baselines), eval, tune, paired statistics and verdicts."""
