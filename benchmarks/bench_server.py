@@ -216,10 +216,10 @@ def steering_cost(model: str, threads: int, mask_path: Path, n_jobs: int, max_to
 
     hook = sadi_cpp.load(model, n_ctx=2048 * n_jobs, n_batch=512, n_ubatch=512, n_threads=threads, n_threads_batch=threads)
     library = MaskLibrary.load(mask_path.parent, hook)
-    batcher = Batcher(hook, library, n_jobs, 2048, 0)
+    batcher = Batcher(hook, n_jobs, 2048, 0)
     batcher.start()
     name = mask_path.name[: -len(".sadi.gguf")]
-    prompts = [hook.llm.tokenize(p.encode()) for p in PROMPTS[:n_jobs]]
+    prompts = [hook.tokenize(p) for p in PROMPTS[:n_jobs]]
 
     def run(steered: bool) -> float:
         done: "queue.Queue[Any]" = queue.Queue()
@@ -248,7 +248,7 @@ def decode_scaling(model: str, threads: int, rows: int) -> Dict[str, float]:
     """Median time of one llama.cpp decode of `rows` generating sequences against one: the most
     that batching can gain on this machine and model, whatever the server does around it."""
     import sadi_cpp
-    from sadi_cpp.llama.hook import BatchRow
+    from sadi_cpp.llama.batch import BatchRow
 
     hook = sadi_cpp.load(model, n_ctx=2048 * rows, n_batch=512, n_ubatch=512, n_threads=threads, n_threads_batch=threads)
     prompt = hook.llm.tokenize(PROMPTS[1].encode())

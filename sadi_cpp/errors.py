@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+from typing import Optional
+
 
 class SadiError(Exception):
     """Base class of every error sadi-cpp raises on purpose."""
 
 
 class BadInputError(SadiError, ValueError):
-    """Input the user can fix: a file, a field, an option. The message says what, where and how."""
+    """Input the user can fix: a file, a field, an option. The message says what, where and how, in
+    the library's words; ``field`` names the parameter at fault (e.g. ``"delta"``, ``"n_ctx"``) so
+    that the CLI can name its option and the server the request field."""
+
+    def __init__(self, message: str, field: Optional[str] = None):
+        super().__init__(message)
+        self.field = field
 
 
 class UnsupportedModelError(BadInputError):

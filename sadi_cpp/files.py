@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import os
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Tuple, Union
+from typing import Any, Iterator, Sequence, Tuple, Union
 
 from sadi_cpp.errors import BadInputError
 
@@ -82,26 +83,43 @@ def _depth_ok(line: str) -> bool:
     return deepest <= MAX_JSON_DEPTH
 
 
-def read_jsonl(path: Union[str, Path], what: str) -> Iterator[Tuple[Any, str]]:
-    """(object, "file:line") for every non-empty line; BadInputError naming the line otherwise.
-
-    Lines end at "\\n" only (a "\\r" before it is dropped): U+2028, U+0085 and the other
-    characters ``str.splitlines`` also breaks at are valid inside JSON strings."""
+def read_text(path: Union[str, Path], what: str) -> Tuple[str, bytes]:
+    """The UTF-8 text of a data file and its bytes; BadInputError naming the file otherwise."""
     p = Path(path)
     if not p.is_file():
         raise BadInputError(f"{p}: no such {what} file")
+    raw = p.read_bytes()
     try:
-        with open(p, encoding="utf-8", newline="") as f:  # newline="": no translation of "\r"
-            text = f.read()
+        return raw.decode("utf-8"), raw
     except UnicodeDecodeError as e:
         raise BadInputError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def jsonl_objects(text: str, path: Union[str, Path]) -> Iterator[Tuple[Any, str]]:
+    """(object, "file:line") for every non-empty line of ``text``; BadInputError naming the line otherwise.
+
+    Lines end at "\\n" only (a "\\r" before it is dropped): U+2028, U+0085 and the other
+    characters ``str.splitlines`` also breaks at are valid inside JSON strings."""
     for i, line in enumerate(text.split("\n"), 1):
         line = line[:-1] if line.endswith("\r") else line
         if not line.strip():
             continue
         if ("[" in line or "{" in line) and line.count("[") + line.count("{") > MAX_JSON_DEPTH and not _depth_ok(line):
-            raise BadInputError(f"{p}:{i}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+            raise BadInputError(f"{path}:{i}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
         try:
-            yield json.loads(line), f"{p}:{i}"
+            yield json.loads(line), f"{path}:{i}"
         except json.JSONDecodeError as e:
-            raise BadInputError(f"{p}:{i}: malformed JSON ({e.msg} at column {e.colno})") from None
+            raise BadInputError(f"{path}:{i}: malformed JSON ({e.msg} at column {e.colno})") from None
+
+
+def read_jsonl(path: Union[str, Path], what: str) -> Iterator[Tuple[Any, str]]:
+    """(object, "file:line") for every non-empty line of a JSON-lines file."""
+    text, _ = read_text(path, what)
+    return jsonl_objects(text, Path(path))
+
+
+def missing_field(obj: dict, key: str, where: str, known: Sequence[str], needs: str) -> BadInputError:
+    """The error for a record that lacks ``key``, pointing at an unknown key that looks like a typo of it."""
+    typos = difflib.get_close_matches(key, [k for k in obj if isinstance(k, str) and k not in known], n=1, cutoff=0.6)
+    hint = f" ('{typos[0]}' is not a field: a typo of '{key}'?)" if typos else ""
+    return BadInputError(f"{where}: missing field '{key}'{hint} (each line needs {needs})")

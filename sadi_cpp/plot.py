@@ -19,7 +19,7 @@ def _pyplot(path: Path) -> Any:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise BadInputError("--plot needs matplotlib: pip install matplotlib") from None
+        raise BadInputError("plots need matplotlib: pip install matplotlib", field="plot") from None
     check_output(path, "plot")
     return plt
 

@@ -25,7 +25,7 @@ DEFAULT_POLICY = "last"
 
 def check_policy(policy: str) -> str:
     if policy not in POLICIES:
-        raise BadInputError(f"unknown position policy '{policy}': use one of {', '.join(POLICIES)}")
+        raise BadInputError(f"unknown position policy '{policy}': use one of {', '.join(POLICIES)}", field="positions")
     return policy
 
 

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -37,7 +37,7 @@ DEFAULT_GRIDS = {
 
 def check_site(site: str, allowed: Sequence[str] = SITES) -> str:
     if site not in allowed:
-        raise BadInputError(f"unknown site '{site}': use one of {', '.join(allowed)}")
+        raise BadInputError(f"unknown site '{site}': use one of {', '.join(allowed)}", field="site")
     return site
 
 
@@ -73,37 +73,3 @@ class Shape:
         if site == "head":
             return values.reshape(*values.shape[:-1], self.n_head, self.head_dim).mean(axis=-1)
         return values
-
-
-def masks_to_units(mask: Mapping[str, Any], shape: Shape) -> Dict[str, List[Tuple[int, List[int]]]]:
-    """Validate {site: bool [n_layer, n_units]} and list the masked unit indices per layer."""
-    if not isinstance(mask, Mapping):
-        raise BadInputError("a mask maps a site ('head', 'neuron', 'hidden', 'expert') to a bool array [n_layer, n_units]")
-    out: Dict[str, List[Tuple[int, List[int]]]] = {}
-    for site, arr in mask.items():
-        check_site(site)
-        a = np.asarray(arr)
-        want = (shape.n_layer, shape.n_units(site))
-        if a.shape != want:
-            raise BadInputError(f"the {site} mask has shape {a.shape}; this model needs {want} (n_layer, n_units)")
-        if a.dtype != np.bool_:
-            if not np.isin(a, (0, 1)).all():
-                raise BadInputError(f"the {site} mask must hold only 0/1 or booleans")
-            a = a.astype(bool)
-        out[site] = [(int(layer), np.flatnonzero(a[layer]).astype(int).tolist()) for layer in range(shape.n_layer) if a[layer].any()]
-    return out
-
-
-def check_adds(add: Mapping[str, Any], shape: Shape) -> List[Tuple[str, int, np.ndarray]]:
-    """Validate {site: float [n_layer, width]} and list the non-zero (site, layer, vector) rows."""
-    out = []
-    for site, arr in add.items():
-        check_site(site, RECORD_SITES)
-        a = np.asarray(arr, dtype=np.float32)
-        want = (shape.n_layer, shape.width(site))
-        if a.shape != want:
-            raise BadInputError(f"the {site} vectors have shape {a.shape}; this model needs {want} (n_layer, width)")
-        if not np.isfinite(a).all():
-            raise BadInputError(f"the {site} vectors hold a NaN or an infinity")
-        out += [(site, layer, np.ascontiguousarray(a[layer])) for layer in range(want[0]) if a[layer].any()]
-    return out

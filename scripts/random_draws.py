@@ -47,7 +47,7 @@ def main() -> None:
     train = load(args.data, args.task, tr, args.n_train)
     contrast = statistics(hook, train, (args.site,))
     configs = [BASELINE, config_for(hook, contrast, "sadi", args.site, args.top_k, args.delta)]
-    configs += [random_units(hook, args.site, args.top_k, args.delta, seed=s, name=f"random-{s}") for s in range(args.seeds)]
+    configs += [random_units(hook.shape, args.site, args.top_k, args.delta, seed=s, name=f"random-{s}") for s in range(args.seeds)]
     out = {"command": " ".join(sys.argv), "task": args.task, "n_train_pairs": contrast.n_used, "site": args.site,
            "top_k": args.top_k, "delta": args.delta, "seeds": args.seeds, "splits": {}}
     for split, spec, n in (("dev", dv, args.n_dev), ("test", te, args.n_test)):

@@ -119,7 +119,7 @@ def run_task(hook: sadi_cpp.Hook, data: Path, task: str, n_train: int, n_dev: in
     b = best[best_site]
     mask = select_top_k(contrast.units(hook, best_site), int(b["row"]))
     _, alphas = grid("fixed", best_site, hook.shape.n_layer, wide)
-    fixed_cfgs = [fixed(hook, best_site, mask, contrast.diffs[best_site], a, name=f"fixed:{a:g}") for a in alphas]
+    fixed_cfgs = [fixed(hook.shape, best_site, mask, contrast.diffs[best_site], a, name=f"fixed:{a:g}") for a in alphas]
     facc = score_items(hook, dev, [BASELINE] + fixed_cfgs, batched=False).correct().mean(axis=1)[1:]
     fj = int(np.argmax(facc))
     best["fixed"] = {"row": b["row"], "col": alphas[fj], "dev": float(facc[fj]), "site": best_site}
@@ -133,7 +133,7 @@ def run_task(hook: sadi_cpp.Hook, data: Path, task: str, n_train: int, n_dev: in
     tests.append(fixed_cfgs[fj])
     names.append("fixed")
     for seed in SEEDS:
-        tests.append(random_units(hook, best_site, int(b["row"]), b["col"], seed=seed))
+        tests.append(random_units(hook.shape, best_site, int(b["row"]), b["col"], seed=seed))
         names.append(f"random-{seed}")
     tests.append(config_for(hook, contrast, "caa", "residual", best["caa"]["row"], best["caa"]["col"]))
     names.append("caa")

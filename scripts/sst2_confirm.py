@@ -56,9 +56,9 @@ def main() -> None:
     mask = select_top_k(contrast.units(hook, site), k)
     names = ["baseline"] + [f"sadi-{s}" for s in SITES] + ["fixed", "caa"] + [f"random-{i}" for i in range(args.seeds)]
     configs = [BASELINE] + [config_for(hook, contrast, "sadi", s, best[s]["row"], best[s]["col"]) for s in SITES]
-    configs.append(fixed(hook, site, mask, contrast.diffs[site], best["fixed"]["col"]))
+    configs.append(fixed(hook.shape, site, mask, contrast.diffs[site], best["fixed"]["col"]))
     configs.append(config_for(hook, contrast, "caa", "residual", best["caa"]["row"], best["caa"]["col"]))
-    configs += [random_units(hook, site, k, delta, seed=i, name=f"random-{i}") for i in range(args.seeds)]
+    configs += [random_units(hook.shape, site, k, delta, seed=i, name=f"random-{i}") for i in range(args.seeds)]
 
     items = load(args.data, "sst2", FRESH, args.n)
     t0 = time.perf_counter()

@@ -62,9 +62,8 @@ void register_engine(py::module_ & m) {
         .def("begin_probe", &Engine::begin_probe)
         .def("end_probe", &Engine::end_probe)
         .def("site_problem", [](const Engine & e, const std::string & site) { return e.site_problem(to_site(site)); })
-        .def("neuron_node", &Engine::neuron_node)
-        .def("hidden_node", &Engine::hidden_node)
-        .def("expert_node", &Engine::expert_node)
+        .def("site_node", [](const Engine & e, const std::string & site, int32_t il) { return e.site_node(to_site(site), il); },
+             py::arg("site"), py::arg("layer"))
         .def("new_config", &Engine::new_config)
         .def("free_config", &Engine::free_config, py::arg("config"))
         .def_property_readonly("n_configs", &Engine::n_configs)

@@ -167,12 +167,12 @@ def test_errors_a_user_can_fix_are_one_line_and_bugs_keep_their_traceback(tiny_p
     res = runner.invoke(app, ["--debug", "inspect", "missing.sadi.gguf"])
     assert res.exit_code == 2 and "Traceback" in res.output and "no such mask file" in res.output
 
-    import sadi_cpp.masks.mask
+    import sadi_cpp.masks.build
 
     def bug(*args, **kwargs):
         raise ZeroDivisionError("a bug, not the user's fault")
 
-    monkeypatch.setattr(sadi_cpp.masks.mask, "build_mask", bug)
+    monkeypatch.setattr(sadi_cpp.masks.build, "build_mask", bug)
     res = runner.invoke(app, ["build-mask", str(pairs), str(tiny_path), "-q"])
     assert res.exit_code == 1 and isinstance(res.exception, ZeroDivisionError)  # not swallowed into "error: ..."
 

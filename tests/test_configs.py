@@ -9,7 +9,7 @@ from helpers import assert_f32_close, eval_fresh, f32_tol
 
 import sadi_cpp
 from sadi_cpp import BadInputError
-from sadi_cpp.llama.hook import BatchRow
+from sadi_cpp.llama.batch import BatchRow
 
 PROMPT = [1] + [(7 * i + 11) % 250 + 3 for i in range(29)]  # 30 tokens, BOS first
 LAST = [len(PROMPT) - 1]
@@ -42,6 +42,11 @@ def configurations(tiny):
     }
 
 
+def steering_of(kwargs):
+    """The steering part of a configuration (its position policy is the caller's: rows are flagged by hand)."""
+    return {k: v for k, v in kwargs.items() if k != "positions"}
+
+
 def batch_of(hook, names, steer_rows_of):
     """Every sequence holds the whole prompt; sequence k is bound to names[k] (None: unbound)."""
     rows, outputs = [], []
@@ -58,7 +63,7 @@ def test_each_sequence_gets_its_own_configuration(tiny, make_llama, n_ubatch):
     configs = configurations(tiny)
     hook = sadi_cpp.attach(make_llama(n_batch=256, n_ubatch=n_ubatch))
     for name, (kwargs, _, _) in configs.items():
-        hook.configure(name, **kwargs)
+        hook.configure(name, **steering_of(kwargs))
     names = list(configs) + [None]  # and one unbound sequence
     rows, outputs = batch_of(hook, names, {n: r for n, (_, r, _) in configs.items()})
     hook.kv_clear()
@@ -82,7 +87,7 @@ def test_an_unbound_sequence_is_bit_identical_to_an_unhooked_context(tiny, make_
     configs = configurations(tiny)
     hook = sadi_cpp.attach(make_llama())
     for name, (kwargs, _, _) in configs.items():
-        hook.configure(name, **kwargs)
+        hook.configure(name, **steering_of(kwargs))
     names = ["heads-all", None, "neurons-last"]
     rows, outputs = batch_of(hook, names, {n: r for n, (_, r, _) in configs.items()})
     hook.kv_clear()
@@ -112,8 +117,8 @@ def test_a_shared_prompt_serves_several_configurations(tiny, make_llama):
     """The prefix once, in every sequence (multi-sequence rows); the last token per configuration."""
     configs = configurations(tiny)
     hook = sadi_cpp.attach(make_llama())
-    hook.configure("n", **configs["neurons-last"][0])
-    hook.configure("h", **configs["heads-last-generated"][0])
+    hook.configure("n", **steering_of(configs["neurons-last"][0]))
+    hook.configure("h", **steering_of(configs["heads-last-generated"][0]))
     seqs = (0, 1, 2)
     hook.bind(1, "n")
     hook.bind(2, "h")
@@ -129,8 +134,8 @@ def test_a_shared_prompt_serves_several_configurations(tiny, make_llama):
 def test_configurations_are_named_replaced_and_removed(tiny, make_llama):
     hook = sadi_cpp.attach(make_llama())
     kwargs = configurations(tiny)["neurons-last"][0]
-    hook.configure("a", **kwargs)
-    hook.configure("a", **dict(kwargs, delta=0.0))  # replaced, same engine slot
+    hook.configure("a", **steering_of(kwargs))
+    hook.configure("a", **steering_of(dict(kwargs, delta=0.0)))  # replaced, same engine slot
     assert hook.configs == ("a",) and hook.engine.n_configs == 2
     hook.bind(0, "a")
     rows = [BatchRow(t, p, (0,), True) for p, t in enumerate(PROMPT)]

@@ -25,7 +25,7 @@ def test_shape_and_sites(gemma):
     assert dataclasses.asdict(gemma.shape) == {"arch": "gemma3", "n_layer": 18, "n_head": 4, "head_dim": 256, "n_ff": 2048, "n_embd": 640,
                                                  "n_expert": 0, "n_ff_exp": 0}
     assert gemma.sites == ("head", "neuron", "hidden")
-    assert gemma.engine.neuron_node(0) == "ffn_geglu-0"
+    assert gemma.engine.site_node("neuron", 0) == "ffn_geglu-0"
 
 
 def test_one_head_changes_logits_a_whole_post_normed_row_does_not(gemma, tokens):

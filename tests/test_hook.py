@@ -304,7 +304,7 @@ def test_model_without_a_dense_ffn_is_refused_by_site(tiny, make_llama, tmp_path
     folding in test_folding.py)."""
     path = tiny.write(tmp_path / "tiny-moe.gguf", n_expert=2)
     hook = sadi_cpp.attach(make_llama(model_path=str(path)))
-    assert hook.sites == ("head", "hidden", "expert") and hook.engine.hidden_node(1) == "ffn_moe_out-1"
+    assert hook.sites == ("head", "hidden", "expert") and hook.engine.site_node("hidden", 1) == "ffn_moe_out-1"
     with pytest.raises(UnsupportedModelError, match="ffn_down"):
         hook.set_steering({"neuron": np.ones((3, tiny.n_ff), bool)}, delta=1.0)
     with hook.recording(sites=("head", "hidden")) as rec:  # heads and the FFN output work
@@ -329,7 +329,7 @@ def test_a_failed_attach_leaves_a_working_plain_llama(tiny, make_llama, monkeypa
     def broken(*args, **kwargs):
         raise RuntimeError("no context today")
 
-    monkeypatch.setattr(sadi_cpp.llama.hook, "HookedContext", broken)
+    monkeypatch.setattr(sadi_cpp.llama.context, "HookedContext", broken)
     with pytest.raises(RuntimeError, match="no context today"):
         sadi_cpp.attach(llm)
     assert getattr(llm, "_sadi_hook", None) is None

@@ -6,7 +6,8 @@ from helpers import ORACLE_SITES, assert_f32_close, eval_fresh
 
 import sadi_cpp
 from sadi_cpp import BadInputError
-from sadi_cpp.masks.mask import SadiMask, build_mask, select_top_k
+from sadi_cpp.masks.build import build_mask
+from sadi_cpp.masks.mask import SadiMask, select_top_k
 
 PAIRS = [
     {"prompt": "The film was ", "positive": "good", "negative": "bad"},
@@ -62,7 +63,7 @@ def test_with_top_k_reuses_the_table(tiny, make_llama):
 def test_long_pairs_are_skipped_or_refused(tiny, make_llama):
     hook = sadi_cpp.attach(make_llama(n_ctx=64))
     long = [{"positive": "x" * 200, "negative": "y"}] + PAIRS
-    from sadi_cpp.masks.mask import BuildStats
+    from sadi_cpp.masks.build import BuildStats
 
     stats = BuildStats()
     m = build_mask(hook, long, site="hidden", top_k=2, stats=stats)

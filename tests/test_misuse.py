@@ -13,7 +13,7 @@ from helpers import eval_fresh
 
 import sadi_cpp
 from sadi_cpp import BadInputError, SadiError
-from sadi_cpp.llama.hook import BatchRow
+from sadi_cpp.llama.batch import BatchRow
 
 PROMPT = [1, 5, 6, 7, 8, 9]
 

@@ -7,7 +7,8 @@ import pytest
 from helpers import assert_f32_close
 
 import sadi_cpp
-from sadi_cpp.evaluation.interventions import BASELINE, Intervention, sadi
+from sadi_cpp.evaluation.interventions import BASELINE, sadi
+from sadi_cpp.steering import Steering
 from sadi_cpp.data.mcdata import MCItem
 from sadi_cpp.scoring.score import Scores, score_items
 
@@ -64,7 +65,7 @@ def test_delta_zero_is_the_baseline_bit_for_bit_and_order_does_not_matter(tiny, 
     """The reference path: one configuration at a time, every one seeing the same decode split."""
     hook = sadi_cpp.attach(make_llama())
     mask = head_mask(tiny)
-    configs = [BASELINE, sadi({"head": mask}, 0.0), sadi({"head": mask}, 3.0), Intervention("empty")]
+    configs = [BASELINE, sadi({"head": mask}, 0.0), sadi({"head": mask}, 3.0), Steering(name="empty")]
     scores = score_items(hook, ITEMS, configs, batched=False)
     assert np.array_equal(scores.logprob[0], scores.logprob[1], equal_nan=True)
     assert np.array_equal(scores.logprob[0], scores.logprob[3], equal_nan=True)
@@ -83,7 +84,7 @@ def test_batched_scoring_equals_one_configuration_at_a_time(tiny, make_llama, po
     neurons = np.zeros((tiny.n_layer, tiny.n_ff), bool)
     neurons[1, [2, 9]] = True
     configs = [BASELINE, sadi({"head": mask}, 0.0), sadi({"head": mask}, 3.0), sadi({"neuron": neurons}, -0.7),
-               Intervention("empty")]
+               Steering(name="empty")]
     one_at_a_time = score_items(hook, ITEMS, configs, positions=positions, batched=False)
     seen = []
     batched = score_items(hook, ITEMS, configs, positions=positions, progress=seen.append)

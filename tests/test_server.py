@@ -267,7 +267,7 @@ def test_chat_format_for_a_model_without_template(tmp_path: Path):
     """--chat-format names llama-cpp-python's format; the prompt is the one that format builds."""
     model = TinyLlama().write(tmp_path / "plain.gguf")
     import sadi_cpp
-    from sadi_cpp.llama.hook import chat_prompt, use_chat_format
+    from sadi_cpp.llama.chat import chat_prompt, use_chat_format
 
     hook = sadi_cpp.load(str(model), n_ctx=64)
     try:

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 import sadi_cpp
-from sadi_cpp.llama.hook import BatchRow
+from sadi_cpp.llama.batch import BatchRow
 from sadi_cpp.masks.mask import SadiMask
 from sadi_cpp.models import resolve_model
 from server_helpers import Server, write_random_masks
@@ -69,8 +69,7 @@ def test_other_sequences_configurations_never_reach_a_row(masks):
         for c, spec in enumerate(CONFIGS):
             if spec is not None:
                 m = SadiMask.load(masks / f"{spec['mask']}.sadi.gguf")
-                hook.configure(f"c{c}", m.with_top_k(spec.get("top_k", m.top_k)), spec.get("delta", m.delta),
-                               spec.get("positions", m.positions))
+                hook.configure(f"c{c}", m.with_top_k(spec.get("top_k", m.top_k)), spec.get("delta", m.delta))
         tokens = [hook.llm.tokenize(p.encode()) for p in PROMPTS]
 
         def decode(bound: List[int]) -> np.ndarray:

@@ -206,25 +206,23 @@ void Engine::end_probe() {
     }
 }
 
-std::string Engine::hidden_node(int32_t il) const {
+void Engine::check_layer(int32_t il) const {
     if (il < 0 || il >= shape_.n_layer) {
         throw std::out_of_range("layer " + std::to_string(il) + " is outside [0, " + std::to_string(shape_.n_layer) + ")");
     }
-    return hidden_base_[size_t(il)].empty() ? std::string() : hidden_base_[size_t(il)] + "-" + std::to_string(il);
 }
 
-std::string Engine::expert_node(int32_t il) const {
-    if (il < 0 || il >= shape_.n_layer) {
-        throw std::out_of_range("layer " + std::to_string(il) + " is outside [0, " + std::to_string(shape_.n_layer) + ")");
+std::string Engine::site_node(Site site, int32_t il) const {
+    check_layer(il);
+    std::string base;
+    switch (site) {
+        case Site::head: base = head_node; break;
+        case Site::residual: base = residual_node; break;
+        case Site::neuron: base = neuron_base_[size_t(il)]; break;
+        case Site::hidden: base = hidden_base_[size_t(il)]; break;
+        case Site::expert: base = expert_base_[size_t(il)]; break;
     }
-    return expert_base_[size_t(il)].empty() ? std::string() : expert_base_[size_t(il)] + "-" + std::to_string(il);
-}
-
-std::string Engine::neuron_node(int32_t il) const {
-    if (il < 0 || il >= shape_.n_layer) {
-        throw std::out_of_range("layer " + std::to_string(il) + " is outside [0, " + std::to_string(shape_.n_layer) + ")");
-    }
-    return neuron_base_[size_t(il)].empty() ? std::string() : neuron_base_[size_t(il)] + "-" + std::to_string(il);
+    return base.empty() || !problems_[size_t(site)].empty() ? std::string() : base + "-" + std::to_string(il);
 }
 
 // ---- configurations ----
@@ -273,9 +271,7 @@ void Engine::set_mask(int32_t config, Site site, int32_t il, const std::vector<i
     if (!problems_[size_t(site)].empty()) {
         throw std::invalid_argument(problems_[size_t(site)]);
     }
-    if (il < 0 || il >= shape_.n_layer) {
-        throw std::out_of_range("layer " + std::to_string(il) + " is outside [0, " + std::to_string(shape_.n_layer) + ")");
-    }
+    check_layer(il);
     c.ranges[size_t(site)][size_t(il)] = unit_ranges(units, shape_.unit_width(site), shape_.n_units(site));
 }
 
@@ -292,9 +288,7 @@ void Engine::set_add(int32_t config, Site site, int32_t il, const std::vector<fl
     if (!problems_[size_t(site)].empty()) {
         throw std::invalid_argument(problems_[size_t(site)]);
     }
-    if (il < 0 || il >= shape_.n_layer) {
-        throw std::out_of_range("layer " + std::to_string(il) + " is outside [0, " + std::to_string(shape_.n_layer) + ")");
-    }
+    check_layer(il);
     if (site == Site::expert && !values.empty()) {
         throw std::invalid_argument("the expert site takes no added vectors (an expert's slot changes from token to token)");
     }
@@ -537,6 +531,20 @@ int32_t Engine::row_in(const UbatchPlan & ub, const Target & tg, const ggml_tens
     return r;
 }
 
+void Engine::record_row(Site site, int32_t il, const Target & tg, const float * x) {
+    const int64_t width = shape_.width(site);
+    if (capture_) {
+        const int64_t row = capture_base_ + tg.slot;
+        std::memcpy(captured_[size_t(site)].data() + (row * shape_.n_layer + il) * width, x, size_t(width) * sizeof(float));
+    }
+    const int32_t to = record_slots_.empty() ? acc_slot_ : record_slots_[size_t(tg.slot)];
+    if (to >= 0) {
+        Accumulator & acc = slots_[size_t(to)];
+        accumulate_row(acc.sums[size_t(site)].data() + int64_t(il) * width, x, width);
+        acc.counts[size_t(site)][size_t(il)] += 1;
+    }
+}
+
 bool Engine::process(ggml_tensor * t, Site site, int32_t il) {
     if (site == Site::expert) {
         return process_experts(t, il);
@@ -568,19 +576,8 @@ bool Engine::process(ggml_tensor * t, Site site, int32_t il) {
 
     if (record_now_ && record_[size_t(site)]) {
         for (const Target & tg : ub.record) {
-            const float * x = row_of(tg);
-            if (x == nullptr) {
-                continue;
-            }
-            if (capture_) {
-                const int64_t slot = capture_base_ + tg.slot;
-                std::memcpy(captured_[size_t(site)].data() + (slot * shape_.n_layer + il) * width, x, row_bytes);
-            }
-            const int32_t to = record_slots_.empty() ? acc_slot_ : record_slots_[size_t(tg.slot)];
-            if (to >= 0) {
-                Accumulator & acc = slots_[size_t(to)];
-                accumulate_row(acc.sums[size_t(site)].data() + int64_t(il) * width, x, width);
-                acc.counts[size_t(site)][size_t(il)] += 1;
+            if (const float * x = row_of(tg)) {
+                record_row(site, il, tg, x);
             }
         }
     }
@@ -663,17 +660,7 @@ bool Engine::process_experts(ggml_tensor * t, int32_t il) {
             for (int64_t k = 0; k < n_used; ++k) {
                 std::memcpy(dense.data() + int64_t(chosen[size_t(k)]) * n_ff, act.data() + k * n_ff, slot_bytes);
             }
-            if (capture_) {
-                const int64_t slot = capture_base_ + tg.slot;
-                std::memcpy(captured_[size_t(Site::expert)].data() + (slot * shape_.n_layer + il) * width, dense.data(),
-                            size_t(width) * sizeof(float));
-            }
-            const int32_t to = record_slots_.empty() ? acc_slot_ : record_slots_[size_t(tg.slot)];
-            if (to >= 0) {
-                Accumulator & acc = slots_[size_t(to)];
-                accumulate_row(acc.sums[size_t(Site::expert)].data() + int64_t(il) * width, dense.data(), width);
-                acc.counts[size_t(Site::expert)][size_t(il)] += 1;
-            }
+            record_row(Site::expert, il, tg, dense.data());
         }
     }
     if (steer_now_) {

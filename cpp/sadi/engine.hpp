@@ -57,12 +57,10 @@ public:
     void end_probe();
     // Empty when the site can be read and steered, else why not (names the missing tensor).
     const std::string & site_problem(Site site) const { return problems_[size_t(site)]; }
-    // The node that feeds ffn_down in layer il, e.g. "ffn_geglu-3".
-    std::string neuron_node(int32_t il) const;
-    // The FFN output node of layer il: "ffn_out-3", or "ffn_moe_out-3" for a MoE FFN without one.
-    std::string hidden_node(int32_t il) const;
-    // The node that feeds the experts' down projection in layer il, e.g. "ffn_moe_swiglu-3"; "" if dense.
-    std::string expert_node(int32_t il) const;
+    // The graph node the site reads in layer il, "" when this model has none: heads kqv_out-3, neurons
+    // the input of ffn_down (e.g. ffn_geglu-3), hidden the FFN output (ffn_out-3, or ffn_moe_out-3
+    // for a MoE FFN without one), experts the input of ffn_moe_down (e.g. ffn_moe_swiglu-3), residual l_out-3.
+    std::string site_node(Site site, int32_t il) const;
 
     // Configurations: 0 always exists; new_config() makes an empty one and returns its id (ids of
     // freed configurations are reused); free_config(id) empties and releases it (not 0).
@@ -121,6 +119,9 @@ private:
     Accumulator & slot(int32_t index);
     bool process(ggml_tensor * t, Site site, int32_t il);
     bool process_experts(ggml_tensor * t, int32_t il);
+    // Keeps a recorded row x [width(site)] of layer il: captured, and added to its accumulator slot.
+    void record_row(Site site, int32_t il, const Target & tg, const float * x);
+    void check_layer(int32_t il) const;
     // True when t's data can be edited in place (a host buffer, and not force_copy).
     bool on_host(const ggml_tensor * t) const;
     // The row of t (`rows` rows) holding tg, row_absent, or row_mismatch after fail().

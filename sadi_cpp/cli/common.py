@@ -6,11 +6,13 @@ from __future__ import annotations
 import signal
 import time
 import traceback
+import typing
 from contextlib import contextmanager
 from functools import wraps
-from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterator, List, Optional, Sequence, Tuple
 
 import typer
+from typer.models import OptionInfo
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn
 from rich.table import Table
@@ -72,6 +74,8 @@ def errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     SIGTERM end the command with one line and 130 / 143; files being written are removed on the
     way out (files.atomic_path), so nothing partial is left."""
 
+    options = _options_of(fn)
+
     @wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
         previous = signal.signal(signal.SIGTERM, _terminate)
@@ -87,8 +91,8 @@ def errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except (SadiError, OSError) as e:
             if _State.debug:
                 traceback.print_exc()
-            message = str(e) if isinstance(e, SadiError) else f"{e.filename or ''}: {e.strerror or e}"
-            err.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True, markup=True)
+            message = _with_option(e, options) if isinstance(e, SadiError) else f"{e.filename or ''}: {e.strerror or e}"
+            err.print(Text.assemble(("error:", "red"), " ", message), highlight=False, soft_wrap=True)
             raise typer.Exit(2 if isinstance(e, BadInputError) else 1) from None
         finally:
             signal.signal(signal.SIGTERM, previous)
@@ -96,11 +100,45 @@ def errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return run
 
 
-def load_model(model: Optional[str], n_ctx: int, threads: Optional[int]) -> "sadi_cpp.Hook":
-    kwargs: dict = {"n_ctx": n_ctx}
+def _options_of(fn: Callable[..., Any]) -> FrozenSet[str]:
+    """The option names (--n-ctx, ...) a command declares."""
+    names = set()
+    for hint in typing.get_type_hints(fn, include_extras=True).values():
+        for meta in getattr(hint, "__metadata__", ()):
+            if isinstance(meta, OptionInfo):  # Annotated options keep their first name as the default
+                decls = [meta.default, *meta.param_decls]
+                names.update(d for d in decls if isinstance(d, str) and d.startswith("--"))
+    return frozenset(names)
+
+
+def _with_option(e: SadiError, options: FrozenSet[str]) -> str:
+    """The library's message, led by the option of this command that its ``field`` names."""
+    message = str(e)
+    field = getattr(e, "field", None)
+    option = "--" + field.replace("_", "-") if field else ""
+    if option not in options or option in message:
+        return message
+    if message.startswith(field + " "):
+        return option + message[len(field):]
+    return f"{option}: {message}"
+
+
+def one_model(model_arg: Optional[str], model: Optional[str]) -> Optional[str]:
+    """The model given as the [MODEL] argument or with --model (not both)."""
+    if model_arg is not None and model is not None:
+        raise BadInputError("give the model once: as the argument or with --model, not both")
+    return model_arg if model_arg is not None else model
+
+
+def llama_kwargs(threads: Optional[int], **kwargs: Any) -> Dict[str, Any]:
+    """Llama() arguments: ``kwargs`` and, when given, the threads for generation and prompts."""
     if threads:
         kwargs["n_threads"] = kwargs["n_threads_batch"] = threads
-    return sadi_cpp.load(model, **kwargs)
+    return kwargs
+
+
+def load_model(model: Optional[str], n_ctx: int, threads: Optional[int]) -> "sadi_cpp.Hook":
+    return sadi_cpp.load(model, **llama_kwargs(threads, n_ctx=n_ctx))
 
 
 PLAIN_EVERY_SECONDS = 5.0  # a plain progress line at least this often (and at every tenth of the work)
@@ -220,6 +258,7 @@ def constant_warning(bias: Any, names: List[str], n_items: int) -> str:
 
 
 Model = Annotated[Optional[str], typer.Option("--model", "-m", help="GGUF model (default: Gemma 3 270M Q4_K_M).")]
+ModelArg = Annotated[Optional[str], typer.Argument(metavar="[MODEL]", help="GGUF model, the same as --model.", show_default=False)]
 Site = Annotated[str, typer.Option("--site", help="head (attention heads), neuron (FFN units), hidden (FFN output elements) or expert (neurons of a mixture-of-experts FFN).")]
 NCtx = Annotated[int, typer.Option("--n-ctx", help="Context length of the model.")]
 Threads = Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: llama.cpp's choice).")]

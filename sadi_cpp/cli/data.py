@@ -47,8 +47,9 @@ def export_cvec(
     as_json: JsonOut = False,
 ) -> None:
     """Export the mean residual-stream difference (CAA) as a llama.cpp control vector (--control-vector)."""
-    from sadi_cpp.masks.cvec import default_cvec_path, directions_from_pairs, write_cvec
     from sadi_cpp.data.pairs import read_pairs
+    from sadi_cpp.masks.build import directions_from_pairs
+    from sadi_cpp.masks.cvec import default_cvec_path, write_cvec
 
     if output is not None:
         check_output(output, "control vector")

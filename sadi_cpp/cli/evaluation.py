@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Any, Dict, Optional, Tuple
 
+import numpy as np
 import typer
 from rich.table import Table
 from typing_extensions import Annotated
@@ -39,12 +40,12 @@ def eval_cmd(
     as_json: JsonOut = False,
 ) -> None:
     """Accuracy unsteered and steered on the same items, the paired difference with a 95% interval."""
-    from sadi_cpp.evaluation.evaluate import evaluate
-    from sadi_cpp.evaluation.interventions import from_files
     from sadi_cpp.data.mcdata import read_mc
+    from sadi_cpp.evaluation.evaluate import evaluate
     from sadi_cpp.positions import check_policy
 
     check_policy(positions)
+    check_method(method, mask, cvec, delta, alpha)
     items = read_mc(data, limit)
     hook = load_model(model, n_ctx, threads)
     config, info = from_files(hook, method, mask, cvec, delta, alpha, top_k, seed)
@@ -96,36 +97,36 @@ def tune(
     as_json: JsonOut = False,
 ) -> None:
     """Grid-search K and delta on DEV from statistics built once on TRAIN; write the best into the sidecar."""
-    from sadi_cpp.evaluation.interventions import METHODS
     from sadi_cpp.data.mcdata import read_mc
-    from sadi_cpp.data.pairs import file_sha256, first_lines, read_pairs
+    from sadi_cpp.data.pairs import file_sha256, read_pairs
+    from sadi_cpp.evaluation.tune import check_grid, save_tuned, tune_fixed_baseline
+    from sadi_cpp.evaluation.tune import tune as run_tune
+    from sadi_cpp.masks.stats_cache import gather
     from sadi_cpp.positions import check_policy
     from sadi_cpp.sites import check_site
-    from sadi_cpp.masks.stats_cache import gather
-    from sadi_cpp.evaluation.tune import save_tuned, tune_fixed_baseline
-    from sadi_cpp.evaluation.tune import tune as run_tune
 
     check_site(site)
     check_policy(positions)
-    if method not in METHODS:
-        raise BadInputError(f"unknown method '{method}': use one of {', '.join(METHODS)}")
     if output is not None and method in ("fixed", "random"):
         raise BadInputError(f"--method {method} is an ablation: tune prints its grid but writes no file (drop -o)")
     for target, what in ((output, "output"), (plot, "plot")):  # refuse before the minutes of work, not after
         if target is not None:
             check_output(target, what)
-    rows = ints(k_grid, "--k-grid")
-    cols = floats(delta_grid, "--delta-grid")
+    from sadi_cpp.evaluation.interventions import METHODS
+
+    if method not in METHODS:
+        raise BadInputError(f"unknown method '{method}': use one of {', '.join(METHODS)}", field="method")
+    rows, cols = ints(k_grid, "--k-grid"), floats(delta_grid, "--delta-grid")
     pairs = read_pairs(train)
     if limit_train is not None:
-        pairs = first_lines(pairs, limit_train)
+        pairs = pairs.first_lines(limit_train)
     items = read_mc(dev, limit_dev)
     rank_by = "abs" if rank_abs else "signed"
     hook = load_model(model, n_ctx, threads)
+    rows, cols = check_grid(method, rows, cols, hook.shape, site)  # against the model, before any decode
     with progress_bar("pairs", len(pairs), quiet, plain=as_json) as step:
         contrast, cache, reused = gather(hook, pairs, ("residual",) if method == "caa" else (site,), progress=step,
                                          use_cache=not no_cache)
-    contrast.pairs_sha256 = file_sha256(train)
     if cache is not None:
         note_kept(f"the statistics, in {cache} (a tune with the same model, pairs and sites reuses them)")
         if reused and not quiet:
@@ -147,6 +148,12 @@ def tune(
     if as_json:
         out.print_json(json.dumps(report))
         return
+    _print_tune(result, report, items, written)
+
+
+def _print_tune(result: Any, report: Dict[str, Any], items: Any, written: Optional[Path]) -> None:
+    """tune's table, the best cell, the answer spread, the held-out check and the file written."""
+    method, site = result.method, result.site
     d = result.as_dict()
     table = Table(title=f"{method} ({site}) dev accuracy, {len(items)} items; baseline {result.baseline:.3f}")
     table.add_column(f"{d['rows']} \\ {d['cols']}", justify="right")
@@ -179,3 +186,60 @@ def tune(
     if written is not None:
         mark = "" if check.improves else " (marked \"improves\": false in sadi.tuned)"
         out.print(f"written to {written}{mark}", highlight=False, soft_wrap=True)
+
+
+def check_method(method: str, mask: Optional[Path], cvec: Optional[Path], delta: Optional[float], alpha: Optional[float]) -> None:
+    """eval's choice of what to compare, checked before the model loads."""
+    from sadi_cpp.evaluation.interventions import METHODS
+
+    if method not in METHODS:
+        raise BadInputError(f"unknown method '{method}': use one of {', '.join(METHODS)}", field="method")
+    if (mask is None) == (cvec is None):
+        raise BadInputError("give exactly one of --mask (SADI, fixed, random) or --cvec (CAA control vector)")
+    scales_delta = method in ("sadi", "random") and cvec is None
+    if (delta is not None and not scales_delta) or (alpha is not None and scales_delta):
+        raise BadInputError(f"--method {'caa' if cvec is not None else method} takes "
+                            f"{'--delta' if scales_delta else '--alpha (the scale of the added vector)'}")
+    if cvec is not None and method not in ("sadi", "caa"):
+        raise BadInputError(f"--method {method} needs --mask; a control vector is evaluated as caa")
+    if mask is not None and method == "caa":
+        raise BadInputError("--method caa needs --cvec (a control vector); a mask is evaluated as sadi, fixed or random")
+
+
+def from_files(hook: Any, method: str, mask_path: Optional[Path], cvec_path: Optional[Path], delta: Optional[float],
+               alpha: Optional[float], top_k: Optional[int], seed: int) -> Tuple[Any, Dict[str, Any]]:
+    """The steering ``eval`` compares with the baseline: ``method`` on a mask sidecar (sadi, fixed,
+    random) or a control vector (caa). ``delta`` scales sadi and random (default: the mask's);
+    ``alpha`` the added vector of fixed (default: the scale tune chose for it on the same dev
+    items, kept in the mask's ``sadi.tuned`` record) and caa (default 1: the vector as stored; tune
+    --method caa stores it with its tuned scale). Returns it with a description for reports."""
+    from sadi_cpp.evaluation.interventions import FIXED_ALPHAS, caa, fixed, random_units, sadi, tuned_fixed_alpha
+    from sadi_cpp.masks.cvec import read_cvec
+    from sadi_cpp.masks.mask import SadiMask
+
+    if cvec_path is not None:
+        alpha = 1.0 if alpha is None else alpha
+        dirs = read_cvec(cvec_path, hook.shape.n_layer, hook.shape.n_embd)
+        return caa(hook.shape, dirs, alpha), {"method": "caa", "cvec": str(cvec_path), "alpha": alpha}
+    assert mask_path is not None
+    m = SadiMask.load(mask_path)
+    m.check_fits(hook)
+    if top_k is not None:
+        m = m.with_top_k(top_k)
+    info: Dict[str, Any] = {"method": method, "mask": str(mask_path), "site": m.site, "top_k": m.top_k}
+    if method in ("sadi", "random"):
+        d = m.delta if delta is None else delta
+        if method == "sadi":
+            return sadi(m.units(), d), dict(info, delta=d)
+        steering = random_units(hook.shape, m.site, m.top_k, d, seed=seed)
+        units = np.argwhere(steering.mask[m.site]).tolist()
+        return steering, dict(info, delta=d, seed=seed, units=[{"layer": int(l), "unit": int(u)} for l, u in units])
+    values = m.value_table()
+    if values is None:
+        raise BadInputError(f"{mask_path}: this head mask stores no per-value differences (made by an older sadi-cpp); rebuild it")
+    if alpha is None:
+        alpha = tuned_fixed_alpha(m.tuned)
+        if alpha is None:
+            raise BadInputError(f"{mask_path}: no tuned scale for the fixed baseline in this mask (tune writes one); "
+                                f"give --alpha, e.g. one of tune's grid {', '.join(f'{a:g}' for a in FIXED_ALPHAS)}")
+    return fixed(hook.shape, m.site, m.mask, values, alpha), dict(info, alpha=alpha)

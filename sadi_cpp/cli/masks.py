@@ -12,9 +12,8 @@ from rich.table import Table
 from typing_extensions import Annotated
 
 from sadi_cpp.cli.common import (
-    JsonOut, Model, NCtx, NoCache, Site, Threads, app, errors, load_model, out, progress_bar, units_table,
+    JsonOut, Model, ModelArg, NCtx, NoCache, Site, Threads, app, errors, load_model, one_model, out, progress_bar, units_table,
 )
-from sadi_cpp.errors import BadInputError
 from sadi_cpp.files import check_output
 
 
@@ -22,7 +21,7 @@ from sadi_cpp.files import check_output
 @errors
 def build_mask_cmd(
     pairs: Annotated[Path, typer.Argument(help="JSONL pairs: {prompt, positive, negative}, {positive, negative} or multiple-choice {prompt, choices, label} per line.")],
-    model_arg: Annotated[Optional[str], typer.Argument(metavar="[MODEL]", help="GGUF model, the same as --model.", show_default=False)] = None,
+    model_arg: ModelArg = None,
     model: Model = None,
     site: Site = "head",
     top_k: Annotated[Optional[int], typer.Option("--top-k", help="Units to keep (default: head 5, neuron 100, hidden 10; paper ranges 1-10, 3-500, 1-20).")] = None,
@@ -38,23 +37,22 @@ def build_mask_cmd(
     as_json: JsonOut = False,
 ) -> None:
     """Build a SADI mask from contrastive pairs (SADI steps 1-2) and save it as a GGUF sidecar."""
-    from sadi_cpp.masks.mask import BuildStats, build_mask, default_mask_path
-    from sadi_cpp.data.pairs import file_sha256, read_pairs
+    from sadi_cpp.data.pairs import read_pairs
+    from sadi_cpp.masks.build import BuildStats, build_mask
+    from sadi_cpp.masks.mask import default_mask_path
     from sadi_cpp.sites import check_site
 
-    if model_arg is not None and model is not None:
-        raise BadInputError("give the model once: as the second argument or with --model, not both")
+    model = one_model(model_arg, model)
     check_site(site)
     if output is not None:
         check_output(output, "mask file")  # before the model loads and the pairs run
     items = read_pairs(pairs)  # validate the whole file before loading the model
-    hook = load_model(model_arg or model, n_ctx, threads)
+    hook = load_model(model, n_ctx, threads)
     target = check_output(output or default_mask_path(hook.model_path, pairs, site), "mask file")
     stats = BuildStats()
     with progress_bar("pairs", len(items), quiet, plain=as_json) as step:
         mask = build_mask(hook, items, site=site, top_k=top_k, rank_by="abs" if rank_abs else "signed",
                           delta=delta, strict=strict, progress=step, stats=stats, batched=not sequential, cache=not no_cache)
-    mask.pairs_sha256 = file_sha256(pairs)
     mask.save(target)
     summary = {
         "mask": str(target), "site": site, "top_k": mask.top_k, "delta": mask.delta, "pairs_used": stats.n_used,
@@ -96,6 +94,7 @@ def generate(
     from sadi_cpp.llama.chat import choose_chat, stream_text
     from sadi_cpp.masks.mask import SadiMask
     from sadi_cpp.positions import check_policy
+    from sadi_cpp.steering import Steering
 
     m = SadiMask.load(mask)
     if top_k is not None:
@@ -104,7 +103,8 @@ def generate(
     hook = load_model(model, n_ctx, threads)
     m.check_fits(hook)
     use_chat = choose_chat(hook, chat, chat_format)
-    d = m.delta if delta is None else delta
+    steering = Steering(m.units(), m.delta if delta is None else delta)
+    d = steering.delta
     stream = not (compare or as_json)
 
     def run() -> str:
@@ -119,7 +119,7 @@ def generate(
         return "".join(text)
 
     unsteered = run() if compare or as_json else None
-    with hook.steering(m, delta=d, positions=policy):
+    with hook.steering(steering, positions=policy):
         steered = run()
     if as_json:
         out.print_json(json.dumps({"prompt": prompt, "delta": d, "site": m.site, "top_k": m.top_k,
@@ -190,16 +190,14 @@ def _tuned_record(text: str) -> Optional[dict]:
 @app.command()
 @errors
 def check(
-    model_arg: Annotated[Optional[str], typer.Argument(metavar="[MODEL]", help="GGUF model, the same as --model.", show_default=False)] = None,
+    model_arg: ModelArg = None,
     model: Model = None,
     as_json: JsonOut = False,
 ) -> None:
     """Load a model, probe its graph, and say which sites can be read and steered (and why not)."""
     from sadi_cpp.llama.check import report
 
-    if model_arg is not None and model is not None:
-        raise BadInputError("give the model once: as the argument or with --model, not both")
-    hook = load_model(model_arg or model, 256, None)
+    hook = load_model(one_model(model_arg, model), 256, None)
     info = report(hook)
     if as_json:
         out.print_json(json.dumps(info))

@@ -8,14 +8,14 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from sadi_cpp.cli.common import Model, Threads, app, err, errors, out
+from sadi_cpp.cli.common import Model, ModelArg, Threads, app, err, errors, llama_kwargs, one_model, out
 from sadi_cpp.errors import BadInputError
 
 
 @app.command()
 @errors
 def serve(
-    model_arg: Annotated[Optional[str], typer.Argument(metavar="[MODEL]", help="GGUF model, the same as --model.", show_default=False)] = None,
+    model_arg: ModelArg = None,
     model: Model = None,
     masks: Annotated[Optional[Path], typer.Option("--masks", help="Folder of *.sadi.gguf masks to offer (default: the model's folder, where build-mask writes).")] = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
@@ -34,11 +34,10 @@ def serve(
         from sadi_cpp.server.service import Service
     except ImportError as e:
         raise BadInputError(f"the server needs the optional extra ({e.name} is missing): pip install 'sadi-cpp[server]'") from None
-    if model_arg is not None and model is not None:
-        raise BadInputError("give the model once: as the argument or with --model, not both")
+    model = one_model(model_arg, model)
     if not 0 < port < 65536:
-        raise BadInputError(f"--port must be in 1..65535, got {port}")
-    service = Service.build(model_arg or model, masks, n_parallel, n_ctx, chat_format, api_key, threads, max_queue)
+        raise BadInputError(f"port must be in 1..65535, got {port}", field="port")
+    service = Service.build(model, masks, n_parallel, n_ctx, chat_format, api_key, max_queue, **llama_kwargs(threads))
     lib = service.library
     out.print(f"model: {service.hook.model_path}", soft_wrap=True, highlight=False)
     out.print(f"masks from {lib.folder}: {', '.join(lib.masks) or 'none'}", soft_wrap=True, highlight=False)

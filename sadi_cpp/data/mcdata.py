@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
 from sadi_cpp.errors import BadInputError
-from sadi_cpp.files import atomic_path, read_jsonl
+from sadi_cpp.files import atomic_path, missing_field, read_jsonl
+
+
+MC_KEYS = ("prompt", "choices", "label")
 
 
 @dataclass(frozen=True)
@@ -37,9 +40,9 @@ def is_mc(obj: object) -> bool:
 def parse_mc(obj: object, where: str) -> MCItem:
     if not isinstance(obj, dict):
         raise BadInputError(f"{where}: an item must be a JSON object with 'prompt', 'choices' and 'label'")
-    for key in ("prompt", "choices", "label"):
+    for key in MC_KEYS:
         if key not in obj:
-            raise BadInputError(f"{where}: missing field '{key}' (each line needs 'prompt', 'choices' and 'label')")
+            raise missing_field(obj, key, where, MC_KEYS, "'prompt', 'choices' and 'label'")
     prompt, choices, label = obj["prompt"], obj["choices"], obj["label"]
     if not isinstance(prompt, str) or not prompt:
         raise BadInputError(f"{where}: field 'prompt' must be a non-empty string")

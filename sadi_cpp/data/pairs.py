@@ -1,4 +1,5 @@
-"""Contrastive pairs: reading and checking the JSONL file.
+"""Contrastive pairs: reading and checking them once, into a :class:`PairSet` that the rest of
+sadi-cpp takes as it is.
 
 One JSON object per line, either
   {"prompt": P, "positive": A, "negative": B}   activations read at the last token of P+A and of P+B
@@ -13,10 +14,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, List, Union
+from typing import Iterable, Iterator, List, Sequence, Tuple, Union, overload
 
+from sadi_cpp.data.mcdata import is_mc, parse_mc
 from sadi_cpp.errors import BadInputError
-from sadi_cpp.files import read_jsonl
+from sadi_cpp.files import jsonl_objects, missing_field, read_text
+
+PAIR_KEYS = ("prompt", "positive", "negative")
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,7 @@ def parse_pair(obj: object, where: str) -> Pair:
         raise BadInputError(f"{where}: a pair must be a JSON object with 'positive' and 'negative'")
     for key in ("positive", "negative"):
         if key not in obj:
-            raise BadInputError(f"{where}: missing field '{key}' (each line needs 'positive' and 'negative', optionally 'prompt')")
+            raise missing_field(obj, key, where, PAIR_KEYS, "'positive' and 'negative', optionally 'prompt'")
         if not isinstance(obj[key], str) or not obj[key]:
             raise BadInputError(f"{where}: field '{key}' must be a non-empty string")
     prompt = obj.get("prompt", "")
@@ -42,44 +46,83 @@ def parse_pair(obj: object, where: str) -> Pair:
 
 def parse_line(obj: object, where: str) -> List[Pair]:
     """The pairs of one line: one pair, or one per wrong choice of a multiple-choice item."""
-    from sadi_cpp.data.mcdata import is_mc, parse_mc
-
     if is_mc(obj):
         return [Pair(pos, neg, where) for pos, neg in parse_mc(obj, where).pairs()]
     return [parse_pair(obj, where)]
 
 
-def read_pairs(path: Union[str, Path]) -> List[Pair]:
-    """All pairs of a JSONL file; BadInputError naming the file and line on any problem."""
+@dataclass(frozen=True)
+class PairSet(Sequence[Pair]):
+    """Checked pairs, with the sha256 of the file they came from ('' for pairs given in code) and
+    its name. A sequence of :class:`Pair`."""
+
+    pairs: Tuple[Pair, ...]
+    sha256: str
+    source: str = ""
+
+    @overload
+    def __getitem__(self, i: int) -> Pair: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[Pair]: ...
+
+    def __getitem__(self, i):  # type: ignore[no-untyped-def]
+        return self.pairs[i]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __iter__(self) -> Iterator[Pair]:
+        return iter(self.pairs)
+
+    def first_lines(self, n_lines: int) -> "PairSet":
+        """The pairs from the first ``n_lines`` lines holding pairs (a multiple-choice line gives
+        one pair per wrong choice). The hash stays the source's: it names where they came from."""
+        if n_lines < 1:
+            raise BadInputError(f"the number of lines must be >= 1, got {n_lines}", field="lines")
+        kept: List[Pair] = []
+        lines: List[str] = []
+        for pair in self.pairs:
+            if pair.where not in lines:
+                if len(lines) == n_lines:
+                    break
+                lines.append(pair.where)
+            kept.append(pair)
+        return PairSet(tuple(kept), self.sha256, self.source)
+
+
+def read_pairs(path: Union[str, Path]) -> PairSet:
+    """All pairs of a JSONL file, read and hashed once; BadInputError naming the file and line on
+    any problem."""
+    text, raw = read_text(path, "pairs")
     pairs: List[Pair] = []
-    for obj, where in read_jsonl(path, "pairs"):
+    for obj, where in jsonl_objects(text, Path(path)):
         pairs.extend(parse_line(obj, where))
     if not pairs:
         raise BadInputError(f"{path}: no pairs in the file (expected JSON lines with 'positive' and 'negative', or 'prompt', 'choices' and 'label')")
-    return pairs
+    return PairSet(tuple(pairs), hashlib.sha256(raw).hexdigest(), str(path))
 
 
-def first_lines(pairs: List[Pair], n_lines: int) -> List[Pair]:
-    """The pairs that come from the first ``n_lines`` lines holding pairs (a multiple-choice line
-    gives one pair per wrong choice)."""
-    if n_lines < 1:
-        raise BadInputError(f"the number of lines must be >= 1, got {n_lines}")
-    kept, lines = [], []
-    for pair in pairs:
-        if pair.where not in lines:
-            if len(lines) == n_lines:
-                break
-            lines.append(pair.where)
-        kept.append(pair)
-    return kept
+def first_lines(pairs: PairSet, n_lines: int) -> PairSet:
+    return pairs.first_lines(n_lines)
 
 
-def as_pairs(pairs: Iterable[Union[Pair, dict]]) -> Iterator[Pair]:
+PairsLike = Union[PairSet, str, Path, Iterable[Union[Pair, dict]]]
+
+
+def pair_set(pairs: PairsLike) -> PairSet:
+    """The one door for pairs given to a library function: a PairSet as it is, a path read with
+    :func:`read_pairs`, or an iterable of Pair objects and pair/multiple-choice dicts checked here."""
+    if isinstance(pairs, PairSet):
+        return pairs
+    if isinstance(pairs, (str, Path)):
+        return read_pairs(pairs)
+    out: List[Pair] = []
     for i, item in enumerate(pairs, 1):
-        if isinstance(item, Pair):
-            yield item
-        else:
-            yield from parse_line(item, f"pair {i}")
+        out.extend([item] if isinstance(item, Pair) else parse_line(item, f"pair {i}"))
+    if not out:
+        raise BadInputError("no pairs given", field="pairs")
+    return PairSet(tuple(out), "", "")  # no file: nothing to name by hash
 
 
 def file_sha256(path: Union[str, Path]) -> str:

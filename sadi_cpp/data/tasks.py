@@ -145,7 +145,7 @@ def convert_file(task: str, path: Union[str, Path], start: int = 0, limit: Optio
     if not p.is_file():
         raise BadInputError(f"{p}: no such task file")
     if start < 0 or (limit is not None and limit < 1):
-        raise BadInputError(f"--start must be >= 0 and --limit >= 1 (got {start}, {limit})")
+        raise BadInputError(f"start must be >= 0 and limit >= 1 (got {start}, {limit})", field="start" if start < 0 else "limit")
     out: List[Row] = []
     n_rows = 0
     for row, where in read_jsonl(p, "task"):

@@ -10,15 +10,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
-from sadi_cpp.llama.hook import Hook
-from sadi_cpp.evaluation.interventions import BASELINE, Intervention
 from sadi_cpp.data.mcdata import MCItem, read_mc
-from sadi_cpp.positions import DEFAULT_POLICY
-from sadi_cpp.scoring.score import score_items
+from sadi_cpp.evaluation.interventions import BASELINE
 from sadi_cpp.evaluation.stats import Paired, paired
 from sadi_cpp.evaluation.verdict import AnswerBias, answer_bias
+from sadi_cpp.positions import DEFAULT_POLICY
+from sadi_cpp.scoring.score import score_items
+from sadi_cpp.steering import Steering
+
+if TYPE_CHECKING:  # annotations only: the hook is handed in, never made here
+    from sadi_cpp.llama.hook import Hook
 
 
 @dataclass
@@ -32,7 +35,7 @@ class Evaluation(Paired):
 def evaluate(
     hook: Hook,
     data: Union[str, Path, Sequence[MCItem]],
-    steering: Intervention,
+    steering: Steering,
     positions: str = DEFAULT_POLICY,
     normalize: bool = False,
     progress: Optional[Callable[[int], None]] = None,

@@ -8,25 +8,61 @@ are delta for sadi and random, and the added vector's scale alpha for fixed and 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from sadi_cpp.masks.contrast import Contrast
-from sadi_cpp.masks.cvec import default_cvec_path, write_cvec
-from sadi_cpp.errors import BadInputError
-from sadi_cpp.llama.hook import Hook
-from sadi_cpp.evaluation.interventions import BASELINE, FIXED_ALPHAS, METHODS, Intervention, caa, fixed, one_layer, random_units, sadi
-from sadi_cpp.masks.mask import default_mask_path, mask_from_contrast, select_top_k
 from sadi_cpp.data.mcdata import MCItem
+from sadi_cpp.errors import BadInputError
+from sadi_cpp.evaluation.interventions import BASELINE, FIXED_ALPHAS, METHODS, caa, fixed, one_layer, random_units, sadi
+from sadi_cpp.evaluation.verdict import AnswerBias, SelectionCheck, answer_bias, bias_dict, selection_check
+from sadi_cpp.masks.cvec import default_cvec_path, write_cvec
+from sadi_cpp.masks.mask import default_mask_path, mask_from_contrast, select_top_k
 from sadi_cpp.positions import DEFAULT_POLICY
 from sadi_cpp.scoring.score import Scores, score_items
-from sadi_cpp.sites import DEFAULT_GRIDS
-from sadi_cpp.evaluation.verdict import AnswerBias, SelectionCheck, answer_bias, bias_dict, selection_check
+from sadi_cpp.sites import DEFAULT_GRIDS, Shape
+from sadi_cpp.steering import Steering, check_delta
+
+if TYPE_CHECKING:  # annotations only: the hook is handed in, never made here
+    from sadi_cpp.llama.hook import Hook
+    from sadi_cpp.masks.contrast import Contrast
 
 ALPHA_GRID = list(FIXED_ALPHAS)
+
+
+def check_grid(method: str, rows: Optional[Sequence[Any]], cols: Optional[Sequence[float]], shape: Shape,
+               site: str = "head") -> Tuple[List[Any], List[float]]:
+    """A tune grid checked against the model before any decode: the defaults where an axis is not
+    given; K in 1..units of the site (caa: layers 1..n_layer-1); deltas finite within ±MAX_DELTA,
+    scales finite. BadInputError names the axis (``k_grid``, ``delta_grid``)."""
+    if method not in METHODS:
+        raise BadInputError(f"unknown method '{method}': use one of {', '.join(METHODS)}", field="method")
+    d_rows, d_cols = default_grid(method, site, shape.n_layer)
+    rows = list(d_rows if rows is None else rows)
+    cols = [float(c) for c in (d_cols if cols is None else cols)]
+    if not rows or not cols:
+        raise BadInputError("empty grid: give at least one value for each axis", field="k_grid" if not rows else "delta_grid")
+    if method == "caa":
+        bad = [r for r in rows if not 1 <= int(r) < shape.n_layer]
+        if bad:
+            raise BadInputError(f"layers {bad} are outside 1..{shape.n_layer - 1} (control vectors cannot steer layer 0)", field="k_grid")
+    else:
+        n = shape.n_layer * shape.n_units(site)
+        bad = [r for r in rows if not 1 <= int(r) <= n]
+        if bad:
+            raise BadInputError(f"K {bad} outside 1..{n} (the {site} units of this model)", field="k_grid")
+    for c in cols:
+        if method in ("sadi", "random"):
+            try:
+                check_delta(c)
+            except BadInputError as e:
+                raise BadInputError(str(e), field="delta_grid") from None
+        elif not math.isfinite(c):
+            raise BadInputError(f"scale {c} is not a finite number", field="delta_grid")
+    return rows, cols
 
 
 def default_grid(method: str, site: str, n_layer: int) -> tuple:
@@ -88,17 +124,17 @@ class TuneResult:
         }
 
 
-def config_for(hook: Hook, contrast: Contrast, method: str, site: str, row: Any, col: float, rank_by: str = "signed", seed: int = 0) -> Intervention:
-    """The intervention of one grid cell."""
+def config_for(hook: Hook, contrast: Contrast, method: str, site: str, row: Any, col: float, rank_by: str = "signed", seed: int = 0) -> Steering:
+    """The steering of one grid cell."""
     name = f"{method}:{row}:{col:g}"
     if method == "caa":
-        return caa(hook, one_layer(contrast.diffs["residual"], int(row)), col, name=name)
+        return caa(hook.shape, one_layer(contrast.diffs["residual"], int(row)), col, name=name)
     if method == "random":
-        return random_units(hook, site, int(row), col, seed=seed, name=name)
+        return random_units(hook.shape, site, int(row), col, seed=seed, name=name)
     mask = select_top_k(contrast.units(hook, site), int(row), rank_by)
     if method == "sadi":
         return sadi({site: mask}, col, name=name)
-    return fixed(hook, site, mask, contrast.diffs[site], col, name=name)
+    return fixed(hook.shape, site, mask, contrast.diffs[site], col, name=name)
 
 
 def tune(
@@ -115,18 +151,16 @@ def tune(
     seed: int = 0,
     progress: Optional[Callable[[int], None]] = None,
 ) -> TuneResult:
-    """Score the dev items under the baseline and every grid cell in one pass (see scoring.py)."""
-    if method not in METHODS:
-        raise BadInputError(f"unknown method '{method}': use one of {', '.join(METHODS)}")
+    """Score the dev items under the baseline and every grid cell in one pass (see sadi_cpp.scoring).
+    ``rows``/``cols``: the grid, as :func:`check_grid` returns it (it fills in the defaults per
+    method and site); check it before gathering the statistics, so that a bad grid costs no decode."""
+    if rows is None or cols is None:
+        d_rows, d_cols = default_grid(method, site, hook.shape.n_layer)
+        rows, cols = (d_rows if rows is None else rows), (d_cols if cols is None else cols)
     need = "residual" if method == "caa" else site
     if need not in contrast.diffs:
         raise BadInputError(f"the statistics hold no {need} differences; gather them with sites including '{need}'")
-    d_rows, d_cols = default_grid(method, site, hook.shape.n_layer)
-    rows = list(d_rows if rows is None else rows)
-    cols = [float(c) for c in (d_cols if cols is None else cols)]
-    if not rows or not cols:
-        raise BadInputError("empty grid: give at least one value for each axis")
-    configs: List[Intervention] = [BASELINE]
+    configs: List[Steering] = [BASELINE]
     configs += [config_for(hook, contrast, method, site, r, c, rank_by, seed) for r in rows for c in cols]
     scores = score_items(hook, dev, configs, positions=positions, progress=progress)
     correct = scores.correct(normalize)

@@ -1,11 +1,35 @@
-"""Text generation with a hooked Llama: how ``--chat`` wraps a prompt, and a stream of text pieces."""
+"""Chat and text generation with a hooked Llama: which chat format wraps a prompt (the model's
+template or a named llama-cpp-python format), the prompt tokens a chat request evaluates, and a
+stream of generated text pieces."""
 
 from __future__ import annotations
 
-from typing import Iterator, Optional
+from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
-from sadi_cpp.errors import BadInputError
-from sadi_cpp.llama.hook import Hook, has_chat_template, use_chat_format
+from sadi_cpp.errors import BadInputError, SadiError
+
+if TYPE_CHECKING:  # annotations only: the hook is handed in, never made here
+    from sadi_cpp.llama.hook import Hook
+
+
+def chat_formats() -> List[str]:
+    """The chat format names llama-cpp-python knows (for ``Llama(chat_format=...)``)."""
+    from llama_cpp.llama_chat_format import LlamaChatCompletionHandlerRegistry
+
+    return sorted(LlamaChatCompletionHandlerRegistry()._chat_handlers)
+
+
+def use_chat_format(hook: Hook, name: str) -> None:
+    """Make ``create_chat_completion`` wrap messages in the named format instead of the model's."""
+    known = chat_formats()
+    if name not in known:
+        raise BadInputError(f"unknown chat format '{name}': use one of {', '.join(known)}", field="chat_format")
+    hook.llm.chat_handler = None
+    hook.llm.chat_format = name
+
+
+def has_chat_template(hook: Hook) -> bool:
+    return "tokenizer.chat_template" in hook.llm.metadata
 
 
 def choose_chat(hook: Hook, chat: bool, chat_format: Optional[str]) -> bool:
@@ -15,11 +39,51 @@ def choose_chat(hook: Hook, chat: bool, chat_format: Optional[str]) -> bool:
         use_chat_format(hook, chat_format)
         return True
     if chat and not has_chat_template(hook):
-        raise BadInputError(
-            f"{hook.model_path}: this model has no chat template (tokenizer.chat_template) for --chat; "
-            "drop --chat, or name a format with --chat-format (e.g. gemma, chatml)"
-        )
+        raise BadInputError(f"{hook.model_path}: this model has no chat template (tokenizer.chat_template); "
+                            "name a chat format (e.g. gemma, chatml), or do without chat", field="chat_format")
     return chat
+
+
+class _Formatted(Exception):
+    """Carries the prompt tokens and stop strings out of a chat handler (see chat_prompt)."""
+
+    def __init__(self, tokens: List[int], stop: List[str]):
+        super().__init__("formatted")
+        self.tokens, self.stop = tokens, stop
+
+
+class _FormatOnly:
+    """Stands in for the Llama a chat handler drives: tokenizes with the real one and, when the
+    handler asks for a completion, hands back the prompt it built instead of generating."""
+
+    def __init__(self, llm: Any):
+        self._llm = llm
+        self.verbose = False
+
+    def tokenize(self, *args: Any, **kwargs: Any) -> List[int]:
+        return self._llm.tokenize(*args, **kwargs)
+
+    def create_completion(self, prompt: Any = None, stop: Any = None, **kwargs: Any) -> Any:
+        stops = [] if stop is None else [stop] if isinstance(stop, str) else list(stop)
+        raise _Formatted(list(prompt), [s for s in stops if s])
+
+
+def chat_prompt(hook: Hook, messages: List[Dict[str, Any]]) -> Tuple[List[int], List[str]]:
+    """The tokens ``create_chat_completion`` would evaluate for ``messages`` (through the chat
+    format in force: a named one, else the model's template) and the stop strings it adds."""
+    import jinja2
+    from llama_cpp import llama_chat_format
+
+    llm = hook.llm
+    handler = (llm.chat_handler or llm._chat_handlers.get(llm.chat_format)
+               or llama_chat_format.get_chat_completion_handler(llm.chat_format))
+    try:
+        handler(llama=_FormatOnly(llm), messages=messages)
+    except _Formatted as done:
+        return done.tokens, done.stop
+    except (ValueError, TypeError, KeyError, jinja2.TemplateError) as e:  # the template refused the messages
+        raise BadInputError(f"the chat template could not format these messages: {e}", field="messages") from None
+    raise SadiError(f"chat format {llm.chat_format!r} did not produce a prompt")
 
 
 def stream_text(hook: Hook, prompt: str, chat: bool, max_tokens: int, temperature: float, top_p: float, seed: int) -> Iterator[str]:

@@ -1,4 +1,4 @@
-"""What a ``Hook.recording`` block read: captured rows and streaming accumulators, as numpy."""
+"""What a ``Hook.recording`` block reads: captured rows and streaming accumulators, as numpy."""
 
 from __future__ import annotations
 
@@ -6,12 +6,10 @@ from typing import Any, Dict, Tuple
 
 import numpy as np
 
-from sadi_cpp.errors import BadInputError, SadiError
-from sadi_cpp.sites import Shape
+from sadi_cpp.errors import BadInputError, SadiError, UnsupportedModelError
+from sadi_cpp.llama.batch import MAX_SLOTS
+from sadi_cpp.sites import RECORD_SITES, Shape
 
-# Accumulator slots a recording may use: build-mask needs two (positive, negative); the bound
-# keeps a typo such as set_slot(10**9) from allocating until the process dies.
-MAX_SLOTS = 1024
 
 
 class Recording:
@@ -33,6 +31,20 @@ class Recording:
         self.positions = np.zeros(0, dtype=np.int32)
         self._open = True
 
+    @classmethod
+    def start(cls, engine: Any, shape: Shape, sites: Tuple[str, ...], capture: bool) -> "Recording":
+        """Tell the engine to record ``sites`` (UnsupportedModelError when the graph lacks one)."""
+        engine.clear_records()
+        try:
+            for site in sites:
+                engine.set_record(site, True)
+        except ValueError as e:
+            for site in RECORD_SITES:
+                engine.set_record(site, False)
+            raise UnsupportedModelError(str(e)) from None
+        engine.set_capture(capture)
+        return cls(engine, shape, sites)
+
     def set_slot(self, slot: int) -> None:
         """Accumulate the rows recorded from now on into accumulator ``slot`` (e.g. 0 positive, 1 negative)."""
         if not self._open:
@@ -42,17 +54,23 @@ class Recording:
         self._engine.set_accumulate_slot(slot)
 
     def close(self, capture: bool) -> None:
-        """Copy what the engine holds; called once when the block ends."""
+        """Copy what the engine holds and stop recording; called once when the block ends."""
         engine = self._engine
-        for site in self.sites:
+        try:
+            for site in self.sites:
+                if capture:
+                    self._arrays[site] = engine.captured(site)
+                for slot in range(engine.n_slots):
+                    self._sums[(slot, site)] = engine.sums(slot, site)
+                    self._counts[(slot, site)] = engine.counts(slot, site)
             if capture:
-                self._arrays[site] = engine.captured(site)
-            for slot in range(engine.n_slots):
-                self._sums[(slot, site)] = engine.sums(slot, site)
-                self._counts[(slot, site)] = engine.counts(slot, site)
-        if capture:
-            self.positions = engine.captured_positions()
-        self._open = False
+                self.positions = engine.captured_positions()
+        finally:
+            self._open = False
+            for site in RECORD_SITES:
+                engine.set_record(site, False)
+            engine.set_capture(False)
+            engine.clear_records()
 
     def _need(self, site: str) -> None:
         if self._open:

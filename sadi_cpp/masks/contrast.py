@@ -20,16 +20,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
 from sadi_cpp.errors import BadInputError
-from sadi_cpp.llama.hook import BatchRow, Hook
-from sadi_cpp.data.pairs import Pair, as_pairs, file_sha256, read_pairs
-from sadi_cpp.llama.recording import Recording
+from sadi_cpp.data.pairs import PairsLike, pair_set
+from sadi_cpp.llama.batch import BatchRow
 from sadi_cpp.sites import RECORD_SITES, check_site
+
+if TYPE_CHECKING:  # annotations only: the hook is handed in, never made here
+    from sadi_cpp.llama.hook import Hook
+    from sadi_cpp.llama.recording import Recording
 
 
 @dataclass
@@ -49,7 +51,7 @@ class Contrast:
 
 def mean_differences(
     hook: Hook,
-    pairs: Union[str, Path, Iterable[Union[Pair, dict]]],
+    pairs: PairsLike,
     sites: Sequence[str] = ("head",),
     strict: bool = False,
     progress: Optional[Callable[[int], None]] = None,
@@ -57,45 +59,44 @@ def mean_differences(
 ) -> Contrast:
     """Evaluate every pair's two texts and average (positive - negative) per value at their last tokens.
 
-    A pair longer than the context is skipped and counted, or refused with ``strict``.
+    ``pairs``: a :class:`~sadi_cpp.data.pairs.PairSet`, a JSONL path or pair dicts (see
+    :func:`~sadi_cpp.data.pairs.pair_set`). A pair longer than the context is skipped and counted,
+    or refused with ``strict``.
     """
     sites = tuple(check_site(s, RECORD_SITES) for s in sites)
     for site in sites:
         if hook.site_problem(site):
-            raise BadInputError(hook.site_problem(site))
-    pairs_hash = ""
-    if isinstance(pairs, (str, Path)):
-        pairs_hash = file_sha256(pairs)
-        pairs = read_pairs(pairs)
-    llm = hook.llm
+            raise BadInputError(hook.site_problem(site), field="site")
+    pairs = pair_set(pairs)
     n_ctx = hook.n_ctx
-    out = Contrast(diffs={}, pairs_sha256=pairs_hash)
+    out = Contrast(diffs={}, pairs_sha256=pairs.sha256)
     start = time.perf_counter()
-    batch = _Batcher(hook, progress) if batched else None
+    packer = PairPacker(hook, progress) if batched else None
     with hook.recording(sites=sites, capture=False) as rec:
-        for pair in as_pairs(pairs):
-            toks = [llm.tokenize(t.encode("utf-8")) for t in (pair.positive, pair.negative)]
+        for pair in pairs:
+            toks = [hook.tokenize(t) for t in (pair.positive, pair.negative)]
             longest = max(len(t) for t in toks)
             if longest > n_ctx:
                 if strict:
-                    raise BadInputError(f"{pair.where}: {longest} tokens, longer than the context ({n_ctx}); raise --n-ctx or drop the pair")
+                    raise BadInputError(f"{pair.where}: {longest} tokens, longer than the context ({n_ctx} tokens); "
+                                        "use a longer context or drop the pair", field="n_ctx")
                 out.skipped["longer than the context"] = out.skipped.get("longer than the context", 0) + 1
                 if progress is not None:
                     progress(1)
                 continue
             out.n_used += 1
-            if batch is not None and batch.add(toks[0], toks[1], rec):
+            if packer is not None and packer.add(toks[0], toks[1], rec):
                 continue  # evaluated with its group later
-            if batch is not None:
-                batch.flush(rec)
+            if packer is not None:
+                packer.flush(rec)
             for slot, t in enumerate(toks):
                 rec.set_slot(slot)
-                llm.reset()
-                llm.eval(t)
+                hook.rewind(0)
+                hook.eval(t)
             if progress is not None:
                 progress(1)
-        if batch is not None:
-            batch.flush(rec)
+        if packer is not None:
+            packer.flush(rec)
     out.seconds = time.perf_counter() - start
     if out.n_used == 0:
         raise BadInputError("no usable pairs: every pair was skipped (" + ", ".join(f"{n} {why}" for why, n in out.skipped.items()) + ")")
@@ -104,13 +105,13 @@ def mean_differences(
     return out
 
 
-class _Batcher:
-    """Groups pairs so that one decode evaluates many of them (see the module docstring)."""
+class PairPacker:
+    """Packs pairs into decodes, so that one decode evaluates many of them (see the module docstring)."""
 
     def __init__(self, hook: Hook, progress: Optional[Callable[[int], None]]):
         self.hook = hook
         self.progress = progress
-        self.budget = min(hook.n_ctx, hook.llm.n_batch)  # tokens in KV and per decode
+        self.budget = min(hook.n_ctx, hook.n_batch)  # tokens in KV and per decode
         self.max_pairs = max(1, hook.n_seq_max // 2)
         self.pending: list = []  # (shared tokens, positive tail, negative tail)
         self.used = 0

@@ -1,4 +1,4 @@
-"""llama.cpp control-vector files: export a residual-stream direction per layer, read one back.
+"""llama.cpp control-vector files: write a residual-stream direction per layer, read one back.
 
 The format is the one llama.cpp's ``--control-vector`` loads: ``general.architecture =
 controlvector``, ``controlvector.model_hint`` (the model architecture), ``controlvector.layer_count``
@@ -10,12 +10,11 @@ slot for layer 0, so neither does this file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence, Tuple, Union
+from typing import Union
 
 import gguf
 import numpy as np
 
-from sadi_cpp.masks.contrast import mean_differences
 from sadi_cpp.errors import BadInputError
 from sadi_cpp.files import atomic_path
 
@@ -26,24 +25,6 @@ def default_cvec_path(model_path: Union[str, Path], pairs_path: Union[str, Path]
     """Beside the model: <model>.<pairs>.cvec.gguf (export-cvec's and tune --method caa's default)."""
     model_path, pairs_path = Path(model_path), Path(pairs_path)
     return model_path.with_name(f"{model_path.stem}.{pairs_path.stem}.cvec.gguf")
-
-
-def directions_from_pairs(
-    hook: Any, pairs: Sequence[Any], layers: Optional[Sequence[int]] = None, scale: float = 1.0,
-    progress: Optional[Callable[[int], None]] = None,
-) -> Tuple[np.ndarray, Sequence[int], int]:
-    """CAA: ``scale`` x the mean residual-stream difference (positive - negative) after each of
-    ``layers`` (default: the middle layer), zero elsewhere. Returns (directions [n_layer, n_embd],
-    the layers, the number of pairs used)."""
-    n_layer = hook.shape.n_layer
-    chosen = list(layers) if layers else [n_layer // 2]
-    bad = [il for il in chosen if not 1 <= il < n_layer]
-    if bad:
-        raise BadInputError(f"layers {bad} outside 1..{n_layer - 1} (llama.cpp control vectors cannot steer layer 0)")
-    contrast = mean_differences(hook, pairs, sites=("residual",), progress=progress)
-    dirs = np.zeros((n_layer, hook.shape.n_embd), np.float32)
-    dirs[chosen] = scale * contrast.diffs["residual"][chosen]
-    return dirs, chosen, contrast.n_used
 
 
 def write_cvec(directions: np.ndarray, path: Union[str, Path], model_hint: str) -> Path:

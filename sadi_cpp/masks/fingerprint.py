@@ -42,3 +42,8 @@ def fingerprint_mismatch(want: Dict[str, object], have: Dict[str, object]) -> st
     """'' when equal, else the differing fields as 'field: mask X, model Y; ...'."""
     diffs = [f"{k}: mask {want.get(k)!r}, model {have.get(k)!r}" for k in FIELDS if want.get(k) != have.get(k)]
     return "; ".join(diffs)
+
+
+def hook_fingerprint(hook: Any) -> Dict[str, object]:
+    """The fingerprint of the model a :class:`~sadi_cpp.llama.hook.Hook` runs."""
+    return model_fingerprint(hook.model_path, hook.shape, hook.n_vocab)

@@ -1,10 +1,10 @@
-"""SADI steps 1 and 2: mean (positive - negative) differences per unit, and the top-K mask::
+"""The SADI mask (step 2's result): the table of mean differences per unit, the top-K units kept,
+the recommended delta and the model it fits; saved as a GGUF sidecar (sadi_cpp.masks.sidecar) and
+checked part against part when read back::
 
-    hook = sadi_cpp.load()
-    m = build_mask(hook, "examples/sentiment_pairs.jsonl", site="head", top_k=5)
-    m.save("gemma.sentiment.head.sadi.gguf")
+    m = SadiMask.load("gemma.sentiment.head.sadi.gguf")
     with hook.steering(m, delta=m.delta):
-        print(hook.llm("The movie was", max_tokens=20)["choices"][0]["text"])
+        ...
     m20 = m.with_top_k(20)   # another K from the stored table, no pairs re-run
 """
 
@@ -13,20 +13,20 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 
 from sadi_cpp import __version__
-from sadi_cpp.masks import sidecar
-from sadi_cpp.masks.contrast import Contrast, mean_differences
 from sadi_cpp.errors import BadInputError
-from sadi_cpp.masks.fingerprint import fingerprint_mismatch, model_fingerprint
-from sadi_cpp.llama.hook import Hook
-from sadi_cpp.data.pairs import Pair, file_sha256, read_pairs
+from sadi_cpp.masks import sidecar
+from sadi_cpp.masks.fingerprint import fingerprint_mismatch, hook_fingerprint
 from sadi_cpp.positions import POLICIES
-from sadi_cpp.sites import DEFAULT_DELTA, DEFAULT_TOP_K, SITES, check_site
-from sadi_cpp.masks.stats_cache import gather
+from sadi_cpp.sites import SITES, check_site
+
+if TYPE_CHECKING:  # annotations only
+    from sadi_cpp.llama.hook import Hook
+    from sadi_cpp.masks.contrast import Contrast
 
 RANK_BY = ("signed", "abs")
 
@@ -34,10 +34,10 @@ RANK_BY = ("signed", "abs")
 def select_top_k(mean_diff: np.ndarray, top_k: int, rank_by: str = "signed") -> np.ndarray:
     """Bool mask of the top_k units across all layers, by signed value or by absolute value."""
     if rank_by not in RANK_BY:
-        raise BadInputError(f"unknown ranking '{rank_by}': use signed or abs")
+        raise BadInputError(f"unknown ranking '{rank_by}': use signed or abs", field="rank_by")
     n = mean_diff.size
     if not 1 <= top_k <= n:
-        raise BadInputError(f"top-k {top_k} is outside 1..{n} (the number of units at this site)")
+        raise BadInputError(f"top-k {top_k} is outside 1..{n} (the number of units at this site)", field="top_k")
     score = np.abs(mean_diff) if rank_by == "abs" else mean_diff
     order = np.argsort(-score.ravel(), kind="stable")[:top_k]
     mask = np.zeros(n, dtype=bool)
@@ -93,10 +93,9 @@ class SadiMask:
         key = (lambda r: -abs(r[2])) if self.rank_by == "abs" else (lambda r: -r[2])
         return sorted(rows, key=key)[:n]
 
-    def check_fits(self, hook: Hook) -> None:
+    def check_fits(self, hook: Any) -> None:
         """BadInputError naming the differing fields when this mask was built for another model."""
-        have = model_fingerprint(hook.llm.model_path, hook.shape, hook.llm.n_vocab())
-        diff = fingerprint_mismatch(self.model, have)
+        diff = fingerprint_mismatch(self.model, hook_fingerprint(hook))
         if diff:
             raise BadInputError(f"this mask was made for another model ({diff}); build one for this model with build-mask")
 
@@ -169,59 +168,8 @@ class SadiMask:
         )
 
 
-@dataclass
-class BuildStats:
-    n_used: int = 0
-    skipped: Dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
-    cache: Optional[Path] = None  # the statistics' cache file (build_mask(cache=True))
-    reused: bool = False  # the statistics came from the cache
-
-
-def build_mask(
-    hook: Hook,
-    pairs: Union[str, Path, Iterable[Union[Pair, dict]]],
-    site: str = "head",
-    top_k: Optional[int] = None,
-    rank_by: str = "signed",
-    delta: Optional[float] = None,
-    strict: bool = False,
-    progress: Optional[Callable[[int], None]] = None,
-    stats: Optional[BuildStats] = None,
-    batched: bool = True,
-    cache: bool = False,
-) -> SadiMask:
-    """SADI steps 1-2 on ``hook``'s model. ``pairs``: a JSONL path or an iterable of Pair/dicts.
-
-    Each text is evaluated from an empty cache; the site's values at its last token are summed in
-    the engine's streaming accumulators (memory does not grow with the number of pairs). A pair
-    longer than the context is skipped and counted, or refused with ``strict``. Multiple-choice
-    items count as one pair per wrong choice. ``batched``: many pairs per decode, shared prompts
-    evaluated once (see sadi_cpp.masks.contrast); False evaluates each text alone. ``cache``: reuse or
-    keep the statistics on disk (sadi_cpp.masks.stats_cache).
-    """
-    check_site(site)
-    if site not in hook.sites:
-        raise BadInputError(hook.site_problem(site))
-    top_k = DEFAULT_TOP_K[site] if top_k is None else top_k
-    delta = DEFAULT_DELTA[site] if delta is None else delta
-    pairs_hash = ""
-    if isinstance(pairs, (str, Path)):
-        pairs_hash, pairs = file_sha256(pairs), read_pairs(pairs)
-    if cache:
-        contrast, path, reused = gather(hook, pairs, (site,), progress=progress, batched=batched, strict=strict)
-    else:
-        contrast, path, reused = mean_differences(hook, pairs, sites=(site,), strict=strict, progress=progress, batched=batched), None, False
-    contrast.pairs_sha256 = pairs_hash
-    if stats is not None:
-        stats.n_used, stats.skipped, stats.seconds = contrast.n_used, contrast.skipped, contrast.seconds
-        stats.cache, stats.reused = path, reused
-    return mask_from_contrast(hook, contrast, site, top_k, delta, rank_by)
-
-
 def mask_from_contrast(hook: Hook, contrast: Contrast, site: str, top_k: int, delta: float, rank_by: str = "signed") -> SadiMask:
     """SADI step 2 on statistics already gathered (see sadi_cpp.masks.contrast)."""
-    llm = hook.llm
     return SadiMask(
         site=site,
         mean_diff=contrast.units(hook, site),
@@ -230,7 +178,7 @@ def mask_from_contrast(hook: Hook, contrast: Contrast, site: str, top_k: int, de
         rank_by=rank_by,
         n_pairs=contrast.n_used,
         pairs_sha256=contrast.pairs_sha256,
-        model=model_fingerprint(llm.model_path, hook.shape, llm.n_vocab()),
+        model=hook_fingerprint(hook),
         tool_version=__version__,
         values=contrast.diffs[site].astype(np.float32) if site == "head" else None,
     )
@@ -242,4 +190,4 @@ def default_mask_path(model_path: Union[str, Path], pairs_path: Union[str, Path]
     return model_path.with_name(f"{model_path.stem}.{pairs_path.stem}.{site}.sadi.gguf")
 
 
-__all__ = ["SadiMask", "BuildStats", "build_mask", "mask_from_contrast", "select_top_k", "default_mask_path"]
+__all__ = ["SadiMask", "RANK_BY", "select_top_k", "mask_from_contrast", "default_mask_path"]

@@ -15,16 +15,18 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from sadi_cpp.masks.contrast import Contrast, mean_differences
+from sadi_cpp.data.pairs import PairsLike, PairSet, pair_set
 from sadi_cpp.errors import SadiError
 from sadi_cpp.files import atomic_path
-from sadi_cpp.masks.fingerprint import model_fingerprint
-from sadi_cpp.llama.hook import Hook
-from sadi_cpp.data.pairs import Pair, as_pairs
+from sadi_cpp.masks.contrast import Contrast, mean_differences
+from sadi_cpp.masks.fingerprint import hook_fingerprint
+
+if TYPE_CHECKING:  # annotations only: the hook is handed in, never made here
+    from sadi_cpp.llama.hook import Hook
 
 
 def cache_dir() -> Path:
@@ -35,10 +37,10 @@ def cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "sadi-cpp" / "statistics"
 
 
-def cache_key(hook: Hook, pairs: Sequence[Pair], sites: Sequence[str], batched: bool) -> str:
+def cache_key(hook: Hook, pairs: PairSet, sites: Sequence[str], batched: bool) -> str:
     h = hashlib.sha256()
-    fp = model_fingerprint(hook.model_path, hook.shape, hook.llm.n_vocab())
-    grouping = {"batched": batched, "n_ctx": hook.n_ctx, "n_batch": hook.llm.n_batch, "n_seq_max": hook.n_seq_max,
+    fp = hook_fingerprint(hook)
+    grouping = {"batched": batched, "n_ctx": hook.n_ctx, "n_batch": hook.n_batch, "n_seq_max": hook.n_seq_max,
                 "sites": sorted(sites)}
     h.update(json.dumps([fp, grouping], sort_keys=True).encode())
     for p in pairs:
@@ -46,7 +48,7 @@ def cache_key(hook: Hook, pairs: Sequence[Pair], sites: Sequence[str], batched: 
     return h.hexdigest()
 
 
-def _load(path: Path, hook: Hook, sites: Sequence[str]) -> Optional[Contrast]:
+def _load(path: Path, hook: Hook, sites: Sequence[str], pairs_sha256: str) -> Optional[Contrast]:
     try:
         with np.load(path, allow_pickle=False) as f:
             diffs = {s: np.array(f[f"diff_{s}"], dtype=np.float64) for s in sites}
@@ -57,7 +59,7 @@ def _load(path: Path, hook: Hook, sites: Sequence[str]) -> Optional[Contrast]:
     for s, d in diffs.items():
         if d.shape != (hook.shape.n_layer, hook.shape.width(s)) or not np.isfinite(d).all():
             return None
-    return Contrast(diffs=diffs, n_used=n_used, skipped=skipped, seconds=0.0)
+    return Contrast(diffs=diffs, n_used=n_used, skipped=skipped, seconds=0.0, pairs_sha256=pairs_sha256)
 
 
 def _save(path: Path, contrast: Contrast) -> Path:
@@ -71,7 +73,7 @@ def _save(path: Path, contrast: Contrast) -> Path:
 
 def gather(
     hook: Hook,
-    pairs: Iterable[Union[Pair, dict]],
+    pairs: PairsLike,
     sites: Sequence[str],
     progress: Optional[Callable[[int], None]] = None,
     batched: bool = True,
@@ -79,12 +81,12 @@ def gather(
     use_cache: bool = True,
 ) -> Tuple[Contrast, Optional[Path], bool]:
     """``contrast.mean_differences`` through the cache: (statistics, cache file or None, reused?)."""
-    pairs = list(as_pairs(pairs))
+    pairs = pair_set(pairs)
     if not use_cache:
         return mean_differences(hook, pairs, sites=sites, progress=progress, batched=batched, strict=strict), None, False
     path = cache_dir() / f"{cache_key(hook, pairs, sites, batched)}.npz"
     if path.is_file():
-        cached = _load(path, hook, sites)
+        cached = _load(path, hook, sites, pairs.sha256)
         if cached is not None and not (strict and cached.skipped):
             if progress is not None:
                 progress(len(pairs))

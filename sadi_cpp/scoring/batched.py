@@ -13,13 +13,17 @@ configuration) would pass the batch size, the context or the number of sequences
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from sadi_cpp.errors import BadInputError
-from sadi_cpp.llama.hook import BatchRow, Hook
-from sadi_cpp.evaluation.interventions import Intervention
+from sadi_cpp.llama.batch import BatchRow
+from sadi_cpp.scoring.logprob import log_normalizer
+from sadi_cpp.steering import Steering
+
+if TYPE_CHECKING:  # annotations only: the hook is handed in, never made here
+    from sadi_cpp.llama.hook import Hook
 
 
 @dataclass
@@ -39,10 +43,9 @@ class _Item:
 def score_batched(
     hook: Hook,
     tokens: Sequence[Tuple[List[int], List[List[int]]]],
-    configs: Sequence[Intervention],
+    configs: Sequence[Steering],
     positions: str,
     logprob: np.ndarray,
-    log_normalizer: Callable[[np.ndarray], np.ndarray],
     progress: Optional[Callable[[int], None]] = None,
 ) -> None:
     """Fill ``logprob[c, i, j]`` for the items' (prompt, continuations) ``tokens``."""
@@ -52,10 +55,10 @@ def score_batched(
     try:
         for c, cfg in enumerate(configs):
             if cfg.mask or cfg.add:
-                names.append(hook.configure(f"_score_{c}", cfg.mask, cfg.delta, positions, cfg.add))
+                names.append(hook.configure(f"_score_{c}", cfg))
             else:
                 names.append(None)  # the baseline (or an empty configuration): unbound, unsteered
-        budget_rows = hook.llm.n_batch
+        budget_rows = hook.n_batch
         budget_cells = hook.n_ctx
         plan: Dict[int, _Item] = {}
         used_rows = used_seqs = 0
@@ -64,7 +67,7 @@ def score_batched(
         def flush() -> None:
             nonlocal used_rows, used_seqs
             if plan:
-                _decode(hook, plan, names, shared, steer_conts, logprob, log_normalizer)
+                _decode(hook, plan, names, shared, steer_conts, logprob)
                 for i, item in plan.items():
                     left[i] -= len(item.configs)
                     if left[i] == 0 and progress is not None:
@@ -78,7 +81,8 @@ def score_batched(
             per_config = item.rows_per_config(shared)
             if prefix + per_config > min(budget_rows, budget_cells) or item.n_seqs() > hook.n_seq_max:
                 raise BadInputError(f"item {i + 1}: {prefix + per_config} tokens do not fit one decode of "
-                                    f"{min(budget_rows, budget_cells)}; raise n_batch / --n-ctx or shorten the item")
+                                    f"{min(budget_rows, budget_cells)}; use a longer context and batch, or shorten the item",
+                                    field="n_ctx")
             for c in range(len(configs)):
                 extra = per_config + (prefix if i not in plan else 0)
                 if used_rows + extra > min(budget_rows, budget_cells) or used_seqs + item.n_seqs() > hook.n_seq_max:
@@ -96,7 +100,7 @@ def score_batched(
 
 
 def _decode(hook: Hook, plan: Dict[int, _Item], names: List[Optional[str]], shared: bool, steer_conts: bool,
-            logprob: np.ndarray, log_normalizer: Callable[[np.ndarray], np.ndarray]) -> None:
+            logprob: np.ndarray) -> None:
     """One decode of the planned (item, configuration) pairs; scatter their log-probabilities."""
     rows: List[BatchRow] = []
     outputs: List[int] = []

@@ -16,16 +16,19 @@ time (``positions="all"`` re-evaluates the whole prompt for each configuration, 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from sadi_cpp.errors import BadInputError
-from sadi_cpp.llama.hook import Hook
-from sadi_cpp.evaluation.interventions import Intervention
 from sadi_cpp.data.mcdata import MCItem
+from sadi_cpp.errors import BadInputError
 from sadi_cpp.positions import DEFAULT_POLICY, check_policy
 from sadi_cpp.scoring.batched import score_batched
+from sadi_cpp.scoring.sequential import score_sequential
+from sadi_cpp.steering import Steering
+
+if TYPE_CHECKING:  # annotations only: the hook is handed in, never made here
+    from sadi_cpp.llama.hook import Hook
 
 
 @dataclass
@@ -47,57 +50,28 @@ class Scores:
         return self.predictions(normalize) == self.labels[None]
 
 
-def _log_normalizer(logits: np.ndarray) -> np.ndarray:
-    """log sum exp over the vocabulary, per row (keepdims). Exponentials in float32, their sum in
-    float64: 20x cheaper than a float64 log-softmax of the whole row, equal to it within 1e-9."""
-    m = logits.max(axis=-1, keepdims=True)
-    return m.astype(np.float64) + np.log(np.exp(logits - m).sum(axis=-1, keepdims=True, dtype=np.float64))
-
-
-def _tokens(hook: Hook, item: MCItem):
-    llm = hook.llm
-    prompt = llm.tokenize(item.prompt.encode("utf-8"))
+def _tokens(hook: Hook, item: MCItem) -> Tuple[List[int], List[List[int]]]:
+    prompt = hook.tokenize(item.prompt)
     conts = []
     for choice in item.choices:
-        full = llm.tokenize((item.prompt + choice).encode("utf-8"))
+        full = hook.tokenize(item.prompt + choice)
         # the choice's own tokens when the joint tokenization keeps the prompt's, else tokenized apart
-        cont = full[len(prompt):] if full[: len(prompt)] == prompt else llm.tokenize(choice.encode("utf-8"), add_bos=False)
+        cont = full[len(prompt):] if full[: len(prompt)] == prompt else hook.tokenize(choice, add_bos=False)
         if not cont:
             raise BadInputError(f"{item.where}: choice {choice!r} has no tokens")
         conts.append(cont)
     n_ctx = hook.n_ctx
     longest = len(prompt) + max(len(c) for c in conts)
     if longest > n_ctx:
-        raise BadInputError(f"{item.where}: {longest} tokens, longer than the context ({n_ctx}); raise --n-ctx or shorten the item")
+        raise BadInputError(f"{item.where}: {longest} tokens, longer than the context ({n_ctx} tokens); "
+                            "use a longer context or shorten the item", field="n_ctx")
     return prompt, conts
-
-
-def _eval_prefix(hook: Hook, prompt: List[int]) -> None:
-    hook.rewind(0)
-    hook.llm.eval(prompt[:-1])
-
-
-def _score_choices(hook: Hook, prompt: List[int], conts: List[List[int]]) -> List[float]:
-    """Evaluate the prompt's last token after its cached prefix, then every choice as a continuation."""
-    hook.rewind(len(prompt) - 1)
-    hook.llm.eval(prompt[-1:])
-    first = hook.logits(-1)
-    first_norm = float(_log_normalizer(first)[0])
-    out = []
-    for cont in conts:
-        total = float(first[cont[0]]) - first_norm
-        if len(cont) > 1:
-            rows = hook.continuation_logits(cont[:-1])
-            picked = rows[np.arange(len(cont) - 1), cont[1:]].astype(np.float64)
-            total += float((picked - _log_normalizer(rows)[:, 0]).sum())
-        out.append(total)
-    return out
 
 
 def score_items(
     hook: Hook,
     items: Sequence[MCItem],
-    configs: Sequence[Intervention],
+    configs: Sequence[Steering],
     positions: str = DEFAULT_POLICY,
     progress: Optional[Callable[[int], None]] = None,
     batched: bool = True,
@@ -120,29 +94,7 @@ def score_items(
         for j, c in enumerate(conts):
             n_tokens[i, j] = len(c)
     if batched:
-        score_batched(hook, tokens, configs, positions, logprob, _log_normalizer, progress)
+        score_batched(hook, tokens, configs, positions, logprob, progress)
     else:
-        _score_sequential(hook, tokens, configs, positions, logprob, progress)
+        score_sequential(hook, tokens, configs, positions, logprob, progress)
     return Scores([cfg.name for cfg in configs], logprob, n_tokens, np.array([it.label for it in items]))
-
-
-def _score_sequential(hook: Hook, tokens: Sequence[Tuple[List[int], List[List[int]]]], configs: Sequence[Intervention],
-                      positions: str, logprob: np.ndarray, progress: Optional[Callable[[int], None]]) -> None:
-    for i, (prompt, conts) in enumerate(tokens):
-        # Every configuration sees the prompt split the same way: all but the last token in one
-        # decode, then the last token alone. llama.cpp's logits depend on the split (docs/eval.md).
-        prefix_ready = False
-        for c, config in enumerate(configs):
-            if positions == "all":
-                with config.steering(hook, positions):  # every prompt token is steered: evaluate it all
-                    _eval_prefix(hook, prompt)
-                    logprob[c, i, : len(conts)] = _score_choices(hook, prompt, conts)
-                continue
-            if not prefix_ready:  # the prefix is never steered under last / last+generated
-                with hook.steering():
-                    _eval_prefix(hook, prompt)
-                prefix_ready = True
-            with config.steering(hook, positions):
-                logprob[c, i, : len(conts)] = _score_choices(hook, prompt, conts)
-        if progress is not None:
-            progress(1)

@@ -13,15 +13,19 @@ import collections
 import itertools
 import logging
 import threading
-from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 
 from sadi_cpp.errors import BadInputError, SadiError
-from sadi_cpp.llama.hook import BatchRow, Hook
-from sadi_cpp.server.mask_library import MaskLibrary, Steer
-from sadi_cpp.server.sampling import PENALTY_LAST_N, SamplingParams, log_softmax, next_token, top_logprobs
+from sadi_cpp.llama.batch import BatchRow
+from sadi_cpp.scoring.logprob import log_softmax
+from sadi_cpp.server.jobs import Failed, Finished, Job, Piece, QueueFull, TokenInfo
+from sadi_cpp.server.sampling import PENALTY_LAST_N, next_token, top_logprobs
+
+if TYPE_CHECKING:  # annotations only: the hook is handed in, never made here
+    from sadi_cpp.llama.hook import Hook
+    from sadi_cpp.server.mask_library import Steer
 
 log = logging.getLogger("sadi_cpp.server")
 
@@ -29,77 +33,14 @@ log = logging.getLogger("sadi_cpp.server")
 KEEP_UNUSED = 16  # steering configurations kept in the engine after their last request ends
 
 
-class QueueFull(SadiError):
-    """Every sequence is busy and the waiting line is full (HTTP 429)."""
-
-
-@dataclass
-class TokenInfo:
-    """A generated token with its log-probability and the most likely alternatives."""
-
-    token: int
-    piece: bytes
-    logprob: float
-    top: List[Tuple[int, bytes, float]]
-
-
-@dataclass
-class Piece:
-    """Newly visible text (may be '' while a possible stop string is held back) and the tokens
-    generated since the last event."""
-
-    text: str
-    tokens: List[TokenInfo]
-
-
-@dataclass
-class Finished:
-    reason: str  # "stop" (end token or stop string) or "length" (max_tokens or context)
-    prompt_tokens: int
-    completion_tokens: int
-
-
-@dataclass
-class Failed:
-    message: str
-
-
-Event = Any  # Piece | Finished | Failed
-
-
-@dataclass
-class Job:
-    """One request: its prompt tokens, how to sample and when to stop, and where events go."""
-
-    prompt: List[int]
-    max_tokens: int
-    sink: Callable[[Event], None]
-    sampling: SamplingParams = field(default_factory=SamplingParams)
-    seed: Optional[int] = None
-    stop: List[str] = field(default_factory=list)
-    logprobs: int = -1  # alternatives to report per token; -1: no log-probabilities
-    steer: Optional[Steer] = None
-    min_tokens: int = 0
-    # the batcher's bookkeeping
-    seq: int = -1
-    n_fed: int = 0  # prompt tokens evaluated so far
-    generated: List[int] = field(default_factory=list)
-    text_bytes: bytes = b""
-    n_sent: int = 0  # characters of the text already sent
-    cancelled: bool = False
-    rng: Optional[np.random.Generator] = None
-
-    @property
-    def generating(self) -> bool:
-        return self.n_fed == len(self.prompt) and bool(self.generated)
-
-
 class Batcher:
-    def __init__(self, hook: Hook, library: MaskLibrary, n_parallel: int, n_ctx_seq: int, max_queue: int):
+    """The worker thread that owns the hook; jobs come in through :meth:`submit`."""
+
+    def __init__(self, hook: Hook, n_parallel: int, n_ctx_seq: int, max_queue: int):
         if not 1 <= n_parallel <= hook.n_seq_max:
-            raise BadInputError(f"--n-parallel must be in 1..{hook.n_seq_max} (sequences this context holds), got {n_parallel}")
+            raise BadInputError(f"n_parallel must be in 1..{hook.n_seq_max} (sequences this context holds), got {n_parallel}",
+                                field="n_parallel")
         self.hook = hook
-        self.library = library
         self.n_parallel = n_parallel
         self.n_ctx_seq = n_ctx_seq
         self.max_queue = max_queue
@@ -126,18 +67,20 @@ class Batcher:
         self._thread.join(timeout=30)
 
     def submit(self, job: Job) -> None:
-        """Queue a job; QueueFull when every sequence is busy and max_queue jobs already wait."""
+        """Queue a job; QueueFull when every sequence is taken and max_queue jobs already wait
+        for one (jobs that will find a free sequence at the next step do not count as waiting)."""
         if not job.prompt:
-            raise BadInputError("the prompt is empty after tokenization")
+            raise BadInputError("the prompt is empty after tokenization", field="prompt")
         if len(job.prompt) >= self.n_ctx_seq:
             raise BadInputError(f"the prompt has {len(job.prompt)} tokens; a request's context holds {self.n_ctx_seq} "
-                                "(prompt plus at least one generated token): shorten it, or start the server with a larger --n-ctx")
+                                "(prompt plus at least one generated token): shorten it, or give the server a longer context",
+                                field="prompt")
         with self._cv:
             if self._stopping:
                 raise SadiError("the server is shutting down")
-            busy = len(self._active) + len(self._waiting) >= self.n_parallel
-            if busy and len(self._waiting) >= self.max_queue:
-                raise QueueFull(f"all {self.n_parallel} sequences are busy and {len(self._waiting)} requests wait; retry later")
+            queued = len(self._waiting) - len(self._free)  # beyond the sequences free now
+            if queued >= self.max_queue:
+                raise QueueFull(f"all {self.n_parallel} sequences are busy and {max(queued, 0)} requests wait; retry later")
             self._waiting.append(job)
             self._cv.notify_all()
 
@@ -195,12 +138,12 @@ class Batcher:
 
     def _acquire(self, steer: Steer) -> str:
         """The engine configuration for a steering, shared by the requests that use the same one."""
-        key = (steer.mask, steer.top_k, steer.delta)
+        key = steer.key
         if key in self._configs:
             name, users = self._configs.pop(key)  # re-inserted last: the most recently used
         else:
             name, users = f"request-{next(self._names)}", 0
-            self.hook.configure(name, self.library.units(steer), steer.delta, steer.positions)
+            self.hook.configure(name, steer.steering)
         self._configs[key] = (name, users + 1)
         return name
 
@@ -210,7 +153,7 @@ class Batcher:
             self.hook.seq_free(job.seq)
             self.hook.bind(job.seq, None)
             if job.steer is not None:
-                key = (job.steer.mask, job.steer.top_k, job.steer.delta)
+                key = job.steer.key
                 name, users = self._configs[key]
                 self._configs[key] = (name, users - 1)
                 self._forget_unused()
@@ -235,7 +178,7 @@ class Batcher:
                 rows.append(BatchRow(job.generated[-1], pos, (job.seq,), steer))
                 outputs.append(len(rows) - 1)
                 owners.append(job)
-        room = self.hook.llm.n_batch - len(rows)
+        room = self.hook.n_batch - len(rows)
         for job in active:
             if job.n_fed == len(job.prompt) or room == 0:
                 continue
@@ -308,7 +251,7 @@ class Batcher:
     def _ends(self) -> np.ndarray:
         """Every end-of-generation token id (for min_tokens), found once."""
         if self._end_tokens is None:
-            n = self.hook.llm.n_vocab()
+            n = self.hook.n_vocab
             self._end_tokens = np.array([t for t in range(n) if self.hook.is_end(t)], dtype=np.int64)
         return self._end_tokens
 

@@ -3,28 +3,37 @@ named by its file name without ``.sadi.gguf``; the others are reported with the 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from sadi_cpp.errors import BadInputError, SadiError
-from sadi_cpp.masks.fingerprint import fingerprint_mismatch, model_fingerprint
-from sadi_cpp.llama.hook import MAX_DELTA, Hook
+from sadi_cpp.masks.fingerprint import fingerprint_mismatch, hook_fingerprint
 from sadi_cpp.masks.mask import SadiMask
-from sadi_cpp.positions import POLICIES
+from sadi_cpp.positions import check_policy
+from sadi_cpp.steering import Steering
+
+if TYPE_CHECKING:  # annotations only: the hook is handed in, never made here
+    from sadi_cpp.llama.hook import Hook
 
 SUFFIX = ".sadi.gguf"
 
 
 @dataclass(frozen=True)
 class Steer:
-    """One request's steering: a mask of the library at a K, a delta and a position policy."""
+    """One request's steering, checked once: a mask of the library at a K, a delta and a position
+    policy, and the :class:`Steering` the engine is configured with."""
 
     mask: str
     top_k: int
     delta: float
     positions: str
+    steering: Steering
+
+    @property
+    def key(self) -> Tuple[str, int, float]:
+        """Requests with the same key share one engine configuration."""
+        return (self.mask, self.top_k, self.delta)
 
     def describe(self) -> Dict[str, Any]:
         return {"mask": self.mask, "top_k": self.top_k, "delta": self.delta, "positions": self.positions}
@@ -40,8 +49,8 @@ class MaskLibrary:
     def load(cls, folder: Path, hook: Hook) -> "MaskLibrary":
         folder = Path(folder)
         if not folder.is_dir():
-            raise BadInputError(f"{folder}: no such folder of masks (--masks names a folder holding *.sadi.gguf files)")
-        have = model_fingerprint(hook.model_path, hook.shape, hook.llm.n_vocab())
+            raise BadInputError(f"{folder}: no such folder of masks (a folder holding *.sadi.gguf files)", field="masks")
+        have = hook_fingerprint(hook)
         masks: Dict[str, SadiMask] = {}
         skipped: List[Tuple[str, str]] = []
         for path in sorted(folder.glob("*" + SUFFIX)):
@@ -70,30 +79,24 @@ class MaskLibrary:
 
     def steer(self, spec: Dict[str, Any]) -> Optional[Steer]:
         """Check a request's steering field ({"mask", "delta", "top_k", "positions"}; missing
-        values come from the mask) and return it; None for no mask (unsteered)."""
+        values come from the mask) and return it; None for no mask (unsteered). BadInputError's
+        ``field`` names the part at fault (mask, delta, top_k, positions)."""
         if not isinstance(spec, dict):
-            raise BadInputError("'sadi' must be an object like {\"mask\": NAME, \"delta\": 9}")
+            raise BadInputError("must be an object like {\"mask\": NAME, \"delta\": 9}")
         unknown = set(spec) - {"mask", "delta", "top_k", "positions"}
         if unknown:
-            raise BadInputError(f"'sadi' has unknown field(s) {', '.join(sorted(unknown))}: use mask, delta, top_k, positions")
+            raise BadInputError(f"unknown field(s) {', '.join(sorted(map(str, unknown)))}: use mask, delta, top_k, positions")
         name = spec.get("mask")
         if name is None:
             return None
         if not isinstance(name, str) or name not in self.masks:
             known = ", ".join(self.masks) or "none are loaded"
-            raise BadInputError(f"unknown mask {name!r} (GET /v1/masks lists them: {known})")
+            raise BadInputError(f"unknown mask {name!r} (GET /v1/masks lists them: {known})", field="mask")
         mask = self.masks[name]
-        delta = spec.get("delta", mask.delta)
-        if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not math.isfinite(delta) or abs(delta) > MAX_DELTA:
-            raise BadInputError(f"sadi.delta must be a finite number within ±{MAX_DELTA:g}, got {delta!r}")
         top_k = spec.get("top_k", mask.top_k)
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= mask.mean_diff.size:
-            raise BadInputError(f"sadi.top_k must be an integer in 1..{mask.mean_diff.size} for mask {name!r}, got {top_k!r}")
-        positions = spec.get("positions", mask.positions)
-        if positions not in POLICIES:
-            raise BadInputError(f"sadi.positions must be one of {', '.join(POLICIES)}, got {positions!r}")
-        return Steer(name, int(top_k), float(delta), positions)
-
-    def units(self, steer: Steer) -> Dict[str, Any]:
-        mask = self.masks[steer.mask]
-        return (mask if steer.top_k == mask.top_k else mask.with_top_k(steer.top_k)).units()
+            raise BadInputError(f"top_k must be an integer in 1..{mask.mean_diff.size} for mask {name!r}, got {top_k!r}", field="top_k")
+        positions = check_policy(spec.get("positions", mask.positions))
+        chosen = mask if top_k == mask.top_k else mask.with_top_k(top_k)
+        steering = Steering(chosen.units(), spec.get("delta", mask.delta), name=name)
+        return Steer(name, int(top_k), steering.delta, positions, steering)

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Union
 from llama_cpp.server.types import CreateChatCompletionRequest, CreateCompletionRequest
 from pydantic import Field
 
-from sadi_cpp.server.batcher import TokenInfo
+from sadi_cpp.server.jobs import TokenInfo
 
 SADI_FIELD = Field(default=None, description='Steering for this request: {"mask": NAME, "delta": 9, "top_k": 5, '
                                              '"positions": "last"}; absent or null: unsteered.')
@@ -50,10 +50,6 @@ def unsupported(req: Union[CompletionRequest, ChatRequest]) -> Optional[str]:
     if fmt and dict(fmt).get("type", "text") != "text":
         return "response_format: only text is supported"
     return None
-
-
-def error_body(message: str, kind: str, code: Optional[str] = None, param: Optional[str] = None) -> Dict[str, Any]:
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 class Reply:

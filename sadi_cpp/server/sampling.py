@@ -14,6 +14,9 @@ from typing import List, Sequence, Tuple
 import numpy as np
 
 from sadi_cpp.errors import BadInputError
+from sadi_cpp.scoring.logprob import log_softmax
+
+__all__ = ["PENALTY_LAST_N", "SamplingParams", "penalize", "next_token", "log_softmax", "top_logprobs"]
 
 PENALTY_LAST_N = 64  # tokens the repeat/frequency/presence penalties look back (llama-cpp-python's default)
 
@@ -42,9 +45,11 @@ class SamplingParams:
         ]
         for name, value, lo, hi in checks:
             if not (isinstance(value, (int, float)) and math.isfinite(value) and lo <= value <= hi):
-                raise BadInputError(f"{name} must be a number in {lo:g}..{hi:g}, got {value!r}")
+                raise BadInputError(f"{name} must be a number in {lo:g}..{hi:g}, got {value!r}", field=name)
+        if self.repeat_penalty <= 0.0:
+            raise BadInputError(f"repeat_penalty must be > 0 (1: off), got {self.repeat_penalty!r}", field="repeat_penalty")
         if not isinstance(self.top_k, int) or self.top_k < 0:
-            raise BadInputError(f"top_k must be an integer >= 0 (0: off), got {self.top_k!r}")
+            raise BadInputError(f"top_k must be an integer >= 0 (0: off), got {self.top_k!r}", field="top_k")
 
     @property
     def greedy(self) -> bool:
@@ -57,12 +62,14 @@ def penalize(logits: np.ndarray, history: Sequence[int], p: SamplingParams) -> n
     if not history or (p.repeat_penalty == 1.0 and p.frequency_penalty == 0.0 and p.presence_penalty == 0.0):
         return logits
     ids, counts = np.unique(np.asarray(history[-PENALTY_LAST_N:], dtype=np.int64), return_counts=True)
-    x = logits.copy()
+    x = logits.astype(np.float64)
     v = x[ids]
     if p.repeat_penalty != 1.0:
         v = np.where(v > 0, v / p.repeat_penalty, v * p.repeat_penalty)
     x[ids] = v - counts * p.frequency_penalty - p.presence_penalty
-    return x
+    # a tiny penalty can push a logit past the float range: keep it the largest finite value, so
+    # that the sampler's differences stay numbers (inf - inf would be NaN)
+    return np.nan_to_num(x, nan=-np.inf, posinf=np.finfo(np.float64).max / 4, neginf=-np.finfo(np.float64).max / 4)
 
 
 def next_token(logits: np.ndarray, history: Sequence[int], p: SamplingParams, rng: np.random.Generator) -> int:
@@ -84,15 +91,10 @@ def next_token(logits: np.ndarray, history: Sequence[int], p: SamplingParams, rn
         keep = min(keep, int(np.searchsorted(np.cumsum(probs), p.top_p)) + 1)
     if p.min_p > 0.0:
         keep = min(keep, max(1, int(np.count_nonzero(probs >= p.min_p * probs[0]))))
-    z = z[:keep] / p.temperature
-    w = np.exp(z - z[0])
+    # differences first, then the temperature: a tiny temperature sends them to -inf (weight 0),
+    # never to inf - inf
+    w = np.exp((z[:keep] - z[0]) / p.temperature)
     return int(idx[rng.choice(keep, p=w / w.sum())])
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    x = logits.astype(np.float64)
-    m = x.max()
-    return x - (m + math.log(np.exp(x - m).sum()))
 
 
 def top_logprobs(logprobs: np.ndarray, n: int) -> List[Tuple[int, float]]:

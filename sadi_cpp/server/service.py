@@ -7,11 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import sadi_cpp
-from sadi_cpp.server.batcher import Batcher
 from sadi_cpp.errors import BadInputError
-from sadi_cpp.llama.chat import choose_chat
-from sadi_cpp.llama.hook import Hook, has_chat_template
+from sadi_cpp.llama.chat import choose_chat, has_chat_template
+from sadi_cpp.llama.hook import Hook, load
+from sadi_cpp.server.batcher import Batcher
 from sadi_cpp.server.mask_library import MaskLibrary
 
 N_BATCH = 512  # rows of one decode: the running generations plus prompt rows of joining requests
@@ -27,34 +26,37 @@ class Service:
 
     @classmethod
     def build(cls, model: Optional[str], masks: Optional[Path], n_parallel: int = 8, n_ctx: int = 2048,
-              chat_format: Optional[str] = None, api_key: Optional[str] = None, threads: Optional[int] = None,
-              max_queue: int = 64) -> "Service":
+              chat_format: Optional[str] = None, api_key: Optional[str] = None, max_queue: int = 64,
+              **llama_kwargs: Any) -> "Service":
         """``n_ctx``: tokens of one request (prompt and answer); the KV cache holds n_parallel of them.
         ``masks``: the folder of masks (default: the model's folder, where build-mask writes them)."""
-        from sadi_cpp.server.app import create_app
+        from sadi_cpp.server.routes import create_app
+        from sadi_cpp.server.serving import Serving
 
-        if not 1 <= n_parallel <= 64:
-            raise BadInputError(f"--n-parallel must be in 1..64, got {n_parallel}")
-        if n_ctx < 16:
-            raise BadInputError(f"--n-ctx must be at least 16 tokens, got {n_ctx}")
-        if max_queue < 0:
-            raise BadInputError(f"--max-queue must be >= 0, got {max_queue}")
-        if api_key is not None and not api_key.strip():
-            raise BadInputError("--api-key is empty: give a key, or leave the option out for an open server")
-        if masks is not None and not Path(masks).is_dir():  # before the model loads
-            raise BadInputError(f"{masks}: no such folder of masks (--masks names a folder holding *.sadi.gguf files)")
-        kwargs: dict = {"n_ctx": n_ctx * n_parallel, "n_batch": N_BATCH, "n_ubatch": N_BATCH}
-        if threads:
-            kwargs["n_threads"] = kwargs["n_threads_batch"] = threads
-        hook = sadi_cpp.load(model, **kwargs)
+        check_options(masks, n_parallel, n_ctx, max_queue, api_key)  # before the model loads
+        hook = load(model, **dict(llama_kwargs, n_ctx=n_ctx * n_parallel, n_batch=N_BATCH, n_ubatch=N_BATCH))
         chat_problem = ""
         if chat_format is not None:
             choose_chat(hook, True, chat_format)
         elif not has_chat_template(hook):
             chat_problem = ("this model has no chat template (tokenizer.chat_template): use /v1/completions, "
-                            "or start the server with --chat-format (e.g. chatml)")
+                            "or start the server with a chat format (e.g. chatml)")
         library = MaskLibrary.load(Path(masks) if masks is not None else Path(hook.model_path).parent, hook)
-        batcher = Batcher(hook, library, n_parallel, n_ctx, max_queue)
+        batcher = Batcher(hook, n_parallel, n_ctx, max_queue)
         model_id = Path(hook.model_path).name
-        app = create_app(hook, library, batcher, model_id, api_key, chat_problem)
+        app = create_app(Serving(hook, library, batcher, model_id, chat_problem), api_key)
         return cls(hook, library, batcher, app, model_id)
+
+
+def check_options(masks: Optional[Path], n_parallel: int, n_ctx: int, max_queue: int, api_key: Optional[str]) -> None:
+    """The server's settings that can be refused without a model (BadInputError naming the field)."""
+    if not 1 <= n_parallel <= 64:
+        raise BadInputError(f"n_parallel must be in 1..64, got {n_parallel}", field="n_parallel")
+    if n_ctx < 16:
+        raise BadInputError(f"n_ctx must be at least 16 tokens, got {n_ctx}", field="n_ctx")
+    if max_queue < 0:
+        raise BadInputError(f"max_queue must be >= 0, got {max_queue}", field="max_queue")
+    if api_key is not None and not api_key.strip():
+        raise BadInputError("api_key is empty: give a key, or none for an open server", field="api_key")
+    if masks is not None and not Path(masks).is_dir():
+        raise BadInputError(f"{masks}: no such folder of masks (a folder holding *.sadi.gguf files)", field="masks")

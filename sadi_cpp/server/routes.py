@@ -1,0 +1,84 @@
+"""The HTTP routes: OpenAI completions and chat (whole or streamed), the model and mask lists,
+health, and the playground page, and the FastAPI app that holds them. Each route hands its
+request to the serving layer (serving.py)."""
+
+from __future__ import annotations
+
+import secrets
+from importlib import resources
+from typing import Any, Dict, Optional
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.responses import HTMLResponse, StreamingResponse
+
+from sadi_cpp.server import errors
+from sadi_cpp.server.errors import ApiError
+from sadi_cpp.server.protocol import ChatRequest, CompletionRequest
+from sadi_cpp.server.serving import Pending, Serving
+
+router = APIRouter()
+
+
+def serving(request: Request) -> Serving:
+    return request.app.state.serving
+
+
+def authorize(request: Request) -> None:
+    key = request.app.state.api_key
+    if key is None:
+        return
+    given = request.headers.get("authorization", "")
+    if not secrets.compare_digest(given.encode(), f"Bearer {key}".encode()):
+        raise ApiError(401, "missing or wrong API key: send the header 'Authorization: Bearer KEY'",
+                       "invalid_request_error", "invalid_api_key")
+
+
+def _respond(s: Serving, pending: Pending, body: Any, request: Request) -> Any:
+    if body.stream:
+        include_usage = bool((body.stream_options or {}).get("include_usage"))
+        return StreamingResponse(s.stream(pending, include_usage), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    return s.whole(pending, request)
+
+
+@router.get("/", response_class=HTMLResponse)
+def playground() -> str:
+    return resources.files("sadi_cpp.server").joinpath("playground.html").read_text(encoding="utf-8")
+
+
+@router.get("/health")
+def health(s: Serving = Depends(serving)) -> Dict[str, Any]:
+    return {"status": "ok", "model": s.model_id, "masks": len(s.library.masks), **s.batcher.status()}
+
+
+@router.get("/v1/models", dependencies=[Depends(authorize)])
+def models(s: Serving = Depends(serving)) -> Dict[str, Any]:
+    return {"object": "list", "data": [{"id": s.model_id, "object": "model", "owned_by": "me", "permissions": []}]}
+
+
+@router.get("/v1/masks", dependencies=[Depends(authorize)])
+def masks(s: Serving = Depends(serving)) -> Dict[str, Any]:
+    return {"object": "list", "data": [s.library.describe(n) for n in s.library.masks]}
+
+
+@router.post("/v1/completions", dependencies=[Depends(authorize)])
+async def completions(body: CompletionRequest, request: Request, s: Serving = Depends(serving)) -> Any:
+    pending = await s.completion(body)
+    response = _respond(s, pending, body, request)
+    return response if isinstance(response, StreamingResponse) else await response
+
+
+@router.post("/v1/chat/completions", dependencies=[Depends(authorize)])
+async def chat(body: ChatRequest, request: Request, s: Serving = Depends(serving)) -> Any:
+    pending = await s.chat(body)
+    response = _respond(s, pending, body, request)
+    return response if isinstance(response, StreamingResponse) else await response
+
+
+def create_app(serving: Serving, api_key: Optional[str] = None) -> FastAPI:
+    app = FastAPI(title="sadi-cpp", description="OpenAI-compatible API with per-request SADI steering")
+    app.state.serving = serving
+    app.state.api_key = api_key
+    errors.install(app)
+    app.include_router(router)
+    return app

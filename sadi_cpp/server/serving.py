@@ -1,0 +1,198 @@
+"""The serving layer between HTTP and the batcher: a checked request becomes a batcher job (prompt
+tokens, sampling, stop strings, steering), and the job's events become a whole answer or a stream
+of server-sent events. Routes (routes.py) only hand requests over."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Dict, List, Tuple, Union
+
+from fastapi import Request
+from starlette.concurrency import run_in_threadpool
+
+from sadi_cpp.errors import BadInputError, SadiError
+from sadi_cpp.llama.chat import chat_prompt
+from sadi_cpp.server.jobs import Failed, Finished, Job, Piece, QueueFull, TokenInfo
+from sadi_cpp.server.errors import ApiError, bad_request, error_body, from_library
+from sadi_cpp.server.protocol import ChatRequest, CompletionRequest, Reply, unsupported, usage
+from sadi_cpp.server.sampling import SamplingParams
+
+if TYPE_CHECKING:  # annotations only: the hook is handed in, never made here
+    from sadi_cpp.llama.hook import Hook
+    from sadi_cpp.server.batcher import Batcher
+    from sadi_cpp.server.mask_library import MaskLibrary
+
+MAX_LOGPROBS = 20  # alternatives per token (OpenAI's limit for chat)
+
+Body = Union[CompletionRequest, ChatRequest]
+
+
+@dataclass
+class Pending:
+    """A submitted job, where its events arrive, and the reply being built."""
+
+    job: Job
+    events: "asyncio.Queue[Any]"
+    reply: Reply
+    want_logprobs: bool
+
+
+class Serving:
+    def __init__(self, hook: Hook, library: MaskLibrary, batcher: Batcher, model_id: str, chat_problem: str = ""):
+        """``chat_problem``: why chat requests are refused ('' when the model has a chat format)."""
+        self.hook, self.library, self.batcher = hook, library, batcher
+        self.model_id, self.chat_problem = model_id, chat_problem
+
+    # ---- requests in ----
+
+    async def completion(self, body: CompletionRequest) -> Pending:
+        prompt = body.prompt
+        if isinstance(prompt, list):
+            if len(prompt) != 1:
+                raise bad_request("prompt: give one string (a list of several prompts is not supported)", "prompt")
+            prompt = prompt[0]
+        tokens = await self._off_loop(lambda: self.hook.tokenize(prompt, special=True), "prompt")
+        return self._submit(body, tokens, [], chat=False)
+
+    async def chat(self, body: ChatRequest) -> Pending:
+        if self.chat_problem:
+            raise bad_request(self.chat_problem, "messages")
+        if not body.messages:
+            raise bad_request("messages: give at least one message", "messages")
+        messages = _text_messages(body.messages)
+        tokens, stop = await self._off_loop(lambda: chat_prompt(self.hook, messages), "messages")
+        return self._submit(body, tokens, stop, chat=True)
+
+    async def _off_loop(self, work: Callable[[], Any], param: str) -> Any:
+        """Tokenizing can take seconds on a long text: in a worker thread, so the event loop (and
+        every other request) goes on meanwhile."""
+        try:
+            return await run_in_threadpool(work)
+        except UnicodeEncodeError as e:  # a lone surrogate ("\ud800") cannot be UTF-8
+            raise bad_request(f"{param}: the text is not valid Unicode ({e.reason} at character {e.start})", param) from None
+        except BadInputError as e:
+            raise from_library(e, default=param) from None
+
+    def _submit(self, body: Body, tokens: List[int], template_stop: List[str], chat: bool) -> Pending:
+        why = unsupported(body)
+        if why:
+            raise bad_request(why)
+        try:
+            steer = self.library.steer(body.sadi) if body.sadi is not None else None
+        except BadInputError as e:
+            raise from_library(e, "sadi.") from None
+        try:
+            sampling = SamplingParams(body.temperature, body.top_p, body.top_k, body.min_p, body.repeat_penalty,
+                                      body.frequency_penalty or 0.0, body.presence_penalty or 0.0)
+        except BadInputError as e:
+            raise from_library(e) from None
+        n_logprobs = ((body.top_logprobs or 0) if body.logprobs else -1) if chat else (-1 if body.logprobs is None else body.logprobs)
+        if n_logprobs > MAX_LOGPROBS:
+            name = "top_logprobs" if chat else "logprobs"
+            raise bad_request(f"{name} must be at most {MAX_LOGPROBS}, got {n_logprobs}", name)
+        seed = body.seed
+        if seed is not None and not (seed == -1 or 0 <= seed < 2**63):
+            raise bad_request(f"seed must be in 0..2^63-1 (or -1: random), got {seed}", "seed")
+        max_tokens = body.max_tokens if body.max_tokens not in (None, 0) else self.batcher.n_ctx_seq
+        if max_tokens < 0:
+            raise bad_request("max_tokens must be >= 0", "max_tokens")
+        stop = [s for s in ([body.stop] if isinstance(body.stop, str) else list(body.stop or [])) if s]
+        loop = asyncio.get_running_loop()
+        events: "asyncio.Queue[Any]" = asyncio.Queue()
+        job = Job(prompt=list(tokens), max_tokens=max_tokens, sink=lambda e: loop.call_soon_threadsafe(events.put_nowait, e),
+                  sampling=sampling, seed=None if seed == -1 else seed, stop=stop + template_stop, logprobs=n_logprobs,
+                  steer=steer, min_tokens=body.min_tokens)
+        try:
+            self.batcher.submit(job)
+        except QueueFull as e:
+            raise ApiError(429, str(e), "rate_limit_error", "server_busy") from None
+        except BadInputError as e:
+            raise from_library(e, default="messages" if chat else "prompt") from None
+        except SadiError as e:
+            raise ApiError(503, str(e), "server_error") from None
+        return Pending(job, events, Reply(chat, self.model_id, steer.describe() if steer else None), n_logprobs >= 0)
+
+    # ---- answers out ----
+
+    async def whole(self, pending: Pending, request: Request) -> Dict[str, Any]:
+        """The whole answer; a client that goes away cancels the job at once."""
+        watcher = asyncio.ensure_future(_wait_disconnect(request))
+        parts: List[str] = []
+        tokens: List[TokenInfo] = []
+        try:
+            while True:
+                getter = asyncio.ensure_future(pending.events.get())
+                done, _ = await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    self.batcher.cancel(pending.job)
+                    raise ApiError(499, "client disconnected", "server_error")
+                event = getter.result()
+                if isinstance(event, Piece):
+                    parts.append(event.text)
+                    tokens.extend(event.tokens)
+                elif isinstance(event, Finished):
+                    return pending.reply.whole("".join(parts), tokens if pending.want_logprobs else None, event.reason,
+                                               usage(event.prompt_tokens, event.completion_tokens))
+                elif isinstance(event, Failed):
+                    raise ApiError(500, event.message, "server_error")
+        except asyncio.CancelledError:
+            self.batcher.cancel(pending.job)
+            raise
+        finally:
+            watcher.cancel()
+
+    async def stream(self, pending: Pending, include_usage: bool) -> AsyncIterator[str]:
+        """Server-sent events: a chunk per piece of text, the finish reason, [DONE]."""
+        reply = pending.reply
+        try:
+            if reply.chat:
+                yield _sse(reply.chunk(None, None, first=True))
+            while True:
+                event = await pending.events.get()
+                if isinstance(event, Piece):
+                    yield _sse(reply.chunk(event.text, event.tokens))
+                elif isinstance(event, Finished):
+                    yield _sse(reply.chunk(None if reply.chat else "", None, event.reason))
+                    if include_usage:
+                        yield _sse(reply.usage_chunk(usage(event.prompt_tokens, event.completion_tokens)))
+                    break
+                elif isinstance(event, Failed):
+                    yield _sse(error_body(event.message, "server_error"))
+                    break
+            yield "data: [DONE]\n\n"
+        finally:  # the client went away (the stream was cancelled) or the answer is complete
+            self.batcher.cancel(pending.job)
+
+
+async def _wait_disconnect(request: Request) -> None:
+    """Returns when the client closes its connection (the request body was read already, so the
+    next message the server receives for it is the disconnect)."""
+    while True:
+        message = await request.receive()
+        if message.get("type") == "http.disconnect":
+            return
+
+
+def _text_messages(messages: List[Any]) -> List[Dict[str, Any]]:
+    """Messages with their content as one string: a list of text parts is joined; any other
+    part (an image, audio) is refused, the model reads text only."""
+    out = []
+    for i, m in enumerate(messages):
+        m = dict(m)
+        if isinstance(m.get("content"), list):
+            parts = m["content"]
+            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in parts):
+                raise bad_request(f"messages[{i}].content: only text parts are supported", "messages")
+            m["content"] = "".join(p["text"] for p in parts)
+        out.append(m)
+    return out
+
+
+def _sse(obj: Dict[str, Any]) -> str:
+    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
+
+
+__all__: Tuple[str, ...] = ("Serving", "Pending", "MAX_LOGPROBS")
