@@ -132,7 +132,7 @@ def test_bad_models_options_and_masks(tiny, tiny_path, pairs, built, tmp_path):
     from tiny_model import TinyLlama
 
     other = TinyLlama(n_ff=64, seed=5).write(tmp_path / "other.gguf")
-    bad(["generate", "-m", str(other), "hi", "--mask", str(built)], "another model", "n_ff: mask 48, model 64")
+    bad(["generate", "-m", str(other), "hi", "--mask", str(built)], "another model", "n_ff: mask 48, model 64", "--model")
 
     data = built.read_bytes()
     cut = tmp_path / "cut.sadi.gguf"

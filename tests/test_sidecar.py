@@ -51,7 +51,7 @@ def test_truncated_and_corrupted_files_are_refused(tmp_path):
 
 
 def test_other_gguf_files_are_refused(tiny_path):
-    with pytest.raises(BadInputError, match="architecture 'llama', not a sadi-cpp mask"):
+    with pytest.raises(BadInputError, match=r"a GGUF model \(architecture 'llama', 30 tensors\), not a sadi-cpp mask"):
         read_sidecar(tiny_path)
 
 

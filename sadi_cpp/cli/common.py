@@ -3,6 +3,7 @@ progress bar, option types and small option parsers."""
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 import traceback
@@ -26,8 +27,16 @@ from sadi_cpp.errors import BadInputError, SadiError
 # project's own errors too.
 app = typer.Typer(help="SADI activation steering for GGUF models in llama.cpp.", no_args_is_help=True,
                   add_completion=False, pretty_exceptions_enable=False)
-out = Console()
-err = Console(stderr=True)
+# Text from files and requests is data, never markup: rich prints strings as they are, and
+# plain() takes control characters (ESC sequences) out of them; styles come as Text objects.
+out = Console(markup=False, emoji=False, highlight=False)
+err = Console(stderr=True, markup=False, emoji=False, highlight=False)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def plain(value: Any) -> str:
+    """``value`` as text with control characters (but newline and tab) shown as \\xNN escapes."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(value))
 
 
 class _State:
@@ -92,7 +101,7 @@ def errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             if _State.debug:
                 traceback.print_exc()
             message = _with_option(e, options) if isinstance(e, SadiError) else f"{e.filename or ''}: {e.strerror or e}"
-            err.print(Text.assemble(("error:", "red"), " ", message), highlight=False, soft_wrap=True)
+            err.print(Text.assemble(("error:", "red"), " ", plain(message)), soft_wrap=True)
             raise typer.Exit(2 if isinstance(e, BadInputError) else 1) from None
         finally:
             signal.signal(signal.SIGTERM, previous)
@@ -216,6 +225,18 @@ def units_table(mask: Any, n: int) -> Table:
     for layer, unit, value in mask.top_units(n):
         table.add_row(str(layer), str(unit), f"{value:+.5f}")
     return table
+
+
+def tuned_line(tuned: Any) -> str:
+    """One line on what tune found for a mask (a masks.mask.Tuned)."""
+    def num(x: Optional[float]) -> str:
+        return "?" if x is None else f"{x:.3f}"
+
+    verdict = {True: "an improvement, held out",
+               False: "NOT an improvement: no cell beat the baseline outside the noise once the pick was accounted for",
+               None: "no verdict recorded"}[tuned.improves]
+    return (f"on {tuned.n_dev if tuned.n_dev is not None else '?'} dev items ({tuned.dev or '?'}), dev accuracy "
+            f"{num(tuned.accuracy)} against the baseline's {num(tuned.baseline)}; {verdict}")
 
 
 def floats(text: Optional[str], what: str) -> Optional[List[float]]:

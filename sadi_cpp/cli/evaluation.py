@@ -9,6 +9,7 @@ from typing import Any, Dict, Optional, Tuple
 import numpy as np
 import typer
 from rich.table import Table
+from rich.text import Text
 from typing_extensions import Annotated
 
 from sadi_cpp.cli.common import (
@@ -70,6 +71,9 @@ def eval_cmd(
               answers_line("steered", result.answers, names), highlight=False, soft_wrap=True)
     if result.base_answers.constant:
         out.print(constant_warning(result.base_answers, names, len(items)), highlight=False, soft_wrap=True)
+    if info.get("tuned_improves") is False:
+        out.print("note: tune marked this mask \"improves\": false: on its dev items no setting beat the baseline "
+                  "outside the noise once the pick was accounted for (sadi-cpp inspect shows the record)", soft_wrap=True)
 
 
 @app.command()
@@ -160,7 +164,7 @@ def _print_tune(result: Any, report: Dict[str, Any], items: Any, written: Option
     for c in result.cols:
         table.add_column(f"{c:g}", justify="right")
     for r, row in zip(result.rows, result.accuracy):
-        table.add_row(str(r), *[("[bold]" if (r, c) == result.best else "") + f"{a:.3f}" for c, a in zip(result.cols, row)])
+        table.add_row(str(r), *[Text(f"{a:.3f}", style="bold" if (r, c) == result.best else "") for c, a in zip(result.cols, row)])
     out.print(table)
     best_row, best_col = result.best
     names = choice_names(items)
@@ -213,7 +217,7 @@ def from_files(hook: Any, method: str, mask_path: Optional[Path], cvec_path: Opt
     ``alpha`` the added vector of fixed (default: the scale tune chose for it on the same dev
     items, kept in the mask's ``sadi.tuned`` record) and caa (default 1: the vector as stored; tune
     --method caa stores it with its tuned scale). Returns it with a description for reports."""
-    from sadi_cpp.evaluation.interventions import FIXED_ALPHAS, caa, fixed, random_units, sadi, tuned_fixed_alpha
+    from sadi_cpp.evaluation.interventions import FIXED_ALPHAS, caa, fixed, random_units, sadi
     from sadi_cpp.masks.cvec import read_cvec
     from sadi_cpp.masks.mask import SadiMask
 
@@ -223,10 +227,13 @@ def from_files(hook: Any, method: str, mask_path: Optional[Path], cvec_path: Opt
         return caa(hook.shape, dirs, alpha), {"method": "caa", "cvec": str(cvec_path), "alpha": alpha}
     assert mask_path is not None
     m = SadiMask.load(mask_path)
-    m.check_fits(hook)
+    note = m.check_fits(hook)
+    if note:
+        err.print(f"note: {note}", soft_wrap=True)
     if top_k is not None:
         m = m.with_top_k(top_k)
-    info: Dict[str, Any] = {"method": method, "mask": str(mask_path), "site": m.site, "top_k": m.top_k}
+    info: Dict[str, Any] = {"method": method, "mask": str(mask_path), "site": m.site, "top_k": m.top_k,
+                            "tuned_improves": m.tuned_record.improves if m.tuned_record else None}
     if method in ("sadi", "random"):
         d = m.delta if delta is None else delta
         if method == "sadi":
@@ -238,7 +245,7 @@ def from_files(hook: Any, method: str, mask_path: Optional[Path], cvec_path: Opt
     if values is None:
         raise BadInputError(f"{mask_path}: this head mask stores no per-value differences (made by an older sadi-cpp); rebuild it")
     if alpha is None:
-        alpha = tuned_fixed_alpha(m.tuned)
+        alpha = m.tuned_record.fixed_alpha if m.tuned_record else None
         if alpha is None:
             raise BadInputError(f"{mask_path}: no tuned scale for the fixed baseline in this mask (tune writes one); "
                                 f"give --alpha, e.g. one of tune's grid {', '.join(f'{a:g}' for a in FIXED_ALPHAS)}")

@@ -12,7 +12,8 @@ from rich.table import Table
 from typing_extensions import Annotated
 
 from sadi_cpp.cli.common import (
-    JsonOut, Model, ModelArg, NCtx, NoCache, Site, Threads, app, errors, load_model, one_model, out, progress_bar, units_table,
+    JsonOut, Model, ModelArg, NCtx, NoCache, Site, Threads, app, err, errors, load_model, one_model, out, plain, progress_bar, tuned_line,
+    units_table,
 )
 from sadi_cpp.files import check_output
 
@@ -101,7 +102,9 @@ def generate(
         m = m.with_top_k(top_k)
     policy = check_policy(positions or m.positions)
     hook = load_model(model, n_ctx, threads)
-    m.check_fits(hook)
+    note = m.check_fits(hook)
+    if note:
+        err.print(f"note: {note}", soft_wrap=True)
     use_chat = choose_chat(hook, chat, chat_format)
     steering = Steering(m.units(), m.delta if delta is None else delta)
     d = steering.delta
@@ -150,7 +153,7 @@ def inspect(
         "file": str(mask), "site": m.site, "top_k": m.top_k, "delta": m.delta, "positions": m.positions,
         "rank_by": m.rank_by, "n_pairs": m.n_pairs, "pairs_sha256": m.pairs_sha256, "tool_version": m.tool_version,
         "model": m.model, "top_units": [{"layer": l, "unit": u, "mean_diff": v} for l, u, v in m.top_units(top)],
-        "tuned": _tuned_record(m.tuned),
+        "tuned": json.loads(m.tuned) if m.tuned_record else None,
     }
     if plot is not None:
         from sadi_cpp.plot import plot_mask
@@ -161,30 +164,16 @@ def inspect(
         out.print_json(json.dumps(info))
         return
     for key in ("site", "top_k", "delta", "positions", "rank_by", "n_pairs", "pairs_sha256", "tool_version"):
-        out.print(f"{key}: {info[key]}", highlight=False)
+        out.print(f"{key}: {plain(info[key])}", soft_wrap=True)
     mdl = m.model
-    out.print(f"model: {mdl['arch']}, n_layer {mdl['n_layer']}, n_embd {mdl['n_embd']}, n_head {mdl['n_head']}, "
-              f"head_dim {mdl['head_dim']}, n_ff {mdl['n_ff']}, n_vocab {mdl['n_vocab']}, tensors {mdl['tensors_sha256'][:16]}",
-              highlight=False)
-    tuned = info["tuned"]
+    out.print(plain(f"model: {mdl['arch']}, n_layer {mdl['n_layer']}, n_embd {mdl['n_embd']}, n_head {mdl['n_head']}, "
+                    f"head_dim {mdl['head_dim']}, n_ff {mdl['n_ff']}, n_vocab {mdl['n_vocab']}, tensors {mdl['tensors_sha256'][:16]}"))
+    tuned = m.tuned_record
     if tuned:
-        verdict = ("an improvement, held out" if tuned.get("improves") else
-                   "NOT an improvement: no cell beat the baseline outside the noise once the pick was accounted for")
-        out.print(f"tuned: on {tuned.get('n_dev', '?')} dev items ({tuned.get('dev', '?')}), dev accuracy "
-                  f"{tuned.get('best', {}).get('accuracy', float('nan')):.3f} against the baseline's "
-                  f"{tuned.get('baseline', float('nan')):.3f}; {verdict}", highlight=False, soft_wrap=True)
+        out.print(plain(f"tuned: {tuned_line(tuned)}"), soft_wrap=True)
     out.print(units_table(m, top))
     if plot is not None:
-        out.print(f"heatmap written to {plot}")
-
-
-def _tuned_record(text: str) -> Optional[dict]:
-    """The mask's sadi.tuned JSON, or None (absent, or not a JSON object: shown as absent)."""
-    try:
-        record = json.loads(text) if text else None
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) else None
+        out.print(f"heatmap written to {plot}", soft_wrap=True)
 
 
 @app.command()

@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 from typing_extensions import Annotated
 
-from sadi_cpp.cli.common import Model, ModelArg, Threads, app, err, errors, llama_kwargs, one_model, out
+from sadi_cpp.cli.common import Model, ModelArg, Threads, app, err, errors, llama_kwargs, one_model, out, plain
 from sadi_cpp.errors import BadInputError
 
 
@@ -25,31 +25,44 @@ def serve(
     n_ctx: Annotated[int, typer.Option("--n-ctx", help="Context of one request (prompt + answer); the cache holds n-parallel of them.")] = 2048,
     max_queue: Annotated[int, typer.Option("--max-queue", help="Requests that may wait for a free sequence; more get HTTP 429.")] = 64,
     chat_format: Annotated[Optional[str], typer.Option("--chat-format", help="Chat format for /v1/chat/completions instead of the model's template (e.g. chatml).")] = None,
+    cache_type: Annotated[str, typer.Option("--cache-type", help="Type of the KV cache's keys and values: f16 or f32.")] = "f16",
+    allowed_hosts: Annotated[Optional[str], typer.Option("--allowed-hosts", help="Host names requests may address, comma-separated (default: the loopback names when --host is loopback, else any).")] = None,
+    max_connections: Annotated[int, typer.Option("--max-connections", help="Open connections at most; more are closed as they come.")] = 256,
     threads: Threads = None,
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API; each request may pick a mask ("sadi" field)."""
     try:
-        import uvicorn
-
+        from sadi_cpp.server import http
+        from sadi_cpp.server.routes import local_hosts
         from sadi_cpp.server.service import Service
     except ImportError as e:
         raise BadInputError(f"the server needs the optional extra ({e.name} is missing): pip install 'sadi-cpp[server]'") from None
     model = one_model(model_arg, model)
     if not 0 < port < 65536:
         raise BadInputError(f"port must be in 1..65535, got {port}", field="port")
-    service = Service.build(model, masks, n_parallel, n_ctx, chat_format, api_key, max_queue, **llama_kwargs(threads))
+    if cache_type not in CACHE_TYPES:
+        raise BadInputError(f"cache_type must be one of {', '.join(CACHE_TYPES)}, got {cache_type!r}", field="cache_type")
+    if max_connections < 1:
+        raise BadInputError(f"max_connections must be >= 1, got {max_connections}", field="max_connections")
+    hosts = tuple(h.strip() for h in allowed_hosts.split(",") if h.strip()) if allowed_hosts else local_hosts(host)
+    kv = CACHE_TYPES[cache_type]
+    service = Service.build(model, masks, n_parallel, n_ctx, chat_format, api_key, max_queue, hosts,
+                            **llama_kwargs(threads, type_k=kv, type_v=kv))
     lib = service.library
-    out.print(f"model: {service.hook.model_path}", soft_wrap=True, highlight=False)
-    out.print(f"masks from {lib.folder}: {', '.join(lib.masks) or 'none'}", soft_wrap=True, highlight=False)
+    out.print(f"model: {service.hook.model_path}", soft_wrap=True)
+    out.print(plain(f"masks from {lib.folder}: {', '.join(lib.masks) or 'none'}"), soft_wrap=True)
     for name, why in lib.skipped:
-        err.print(f"skipped {name}: {why}", soft_wrap=True, highlight=False)
+        err.print(plain(f"skipped {name}: {why}"), soft_wrap=True)
+    for name, note in lib.notes:
+        err.print(plain(f"note: {name}: {note}"), soft_wrap=True)
     if host not in ("127.0.0.1", "localhost", "::1") and api_key is None:
-        err.print(f"note: listening on {host} without --api-key: anyone who can reach this address may use the server",
-                  soft_wrap=True, highlight=False)
-    out.print(f"{n_parallel} sequences of {n_ctx} tokens; listening on http://{host}:{port} (playground: /)",
-              soft_wrap=True, highlight=False)
+        err.print(f"note: listening on {host} without --api-key: anyone who can reach this address may use the server", soft_wrap=True)
+    out.print(f"{n_parallel} sequences of {n_ctx} tokens; listening on http://{host}:{port} (playground: /)", soft_wrap=True)
     service.batcher.start()
     try:
-        uvicorn.run(service.app, host=host, port=port, log_level="warning", timeout_graceful_shutdown=2)
+        http.serve(service.app, host, port, lambda: service.batcher.end_all("the server is shutting down"), max_connections)
     finally:
         service.batcher.stop()
+
+
+CACHE_TYPES = {"f16": 1, "f32": 0}  # ggml type ids

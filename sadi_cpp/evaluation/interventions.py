@@ -13,8 +13,7 @@ the same tokens; ``positions="all"`` is how llama.cpp applies a control vector.
 
 from __future__ import annotations
 
-import json
-from typing import Dict, Optional
+from typing import Dict
 
 import numpy as np
 
@@ -24,14 +23,6 @@ from sadi_cpp.steering import Steering
 
 METHODS = ("sadi", "fixed", "random", "caa")
 FIXED_ALPHAS = (1.0, 2.0, 5.0, 10.0, 20.0)  # the scales tune tries for the fixed and CAA vectors
-
-
-def tuned_fixed_alpha(tuned: str) -> Optional[float]:
-    """The fixed baseline's scale that tune chose on dev, from a mask's ``sadi.tuned`` JSON."""
-    try:
-        return float(json.loads(tuned)["fixed"]["alpha"])
-    except (ValueError, KeyError, TypeError):
-        return None
 
 
 BASELINE = Steering(name="baseline")

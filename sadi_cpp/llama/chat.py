@@ -4,6 +4,7 @@ stream of generated text pieces."""
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any, Dict, Iterator, List, Optional, Tuple
 
 from sadi_cpp.errors import BadInputError, SadiError
@@ -52,16 +53,39 @@ class _Formatted(Exception):
         self.tokens, self.stop = tokens, stop
 
 
+# Stands for message i's content while a template renders (private-use characters: templates
+# pass them through, and they are split off before anything is tokenized).
+_HOLE = "\ue000sadi-content-{}\ue001"
+_HOLES = re.compile("\ue000sadi-content-(\\d+)\ue001")
+
+
 class _FormatOnly:
     """Stands in for the Llama a chat handler drives: tokenizes with the real one and, when the
-    handler asks for a completion, hands back the prompt it built instead of generating."""
+    handler asks for a completion, hands back the prompt it built instead of generating.
 
-    def __init__(self, llm: Any):
+    With ``contents``, the template was rendered with placeholders for the messages' contents:
+    the template's own text is tokenized with control tokens recognised, each content as plain
+    text, so that a user's "<end_of_turn>" stays text and cannot forge a turn."""
+
+    def __init__(self, llm: Any, contents: Optional[List[str]] = None):
         self._llm = llm
+        self._contents = contents
         self.verbose = False
 
-    def tokenize(self, *args: Any, **kwargs: Any) -> List[int]:
-        return self._llm.tokenize(*args, **kwargs)
+    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> List[int]:
+        if self._contents is None:
+            return self._llm.tokenize(text, add_bos=add_bos, special=special)
+        parts = _HOLES.split(text.decode("utf-8"))
+        holes = [int(i) for i in parts[1::2]]
+        if sorted(holes) != list(range(len(self._contents))):
+            raise BadInputError("a message holds control-token text (e.g. an end-of-turn marker) and this chat template "
+                                "does not keep message text apart from its own: remove that text from the message",
+                                field="messages")
+        tokens = self._llm.tokenize(parts[0].encode("utf-8"), add_bos=add_bos, special=special)
+        for i, own in zip(holes, parts[2::2]):
+            tokens += self._llm.tokenize(self._contents[i].encode("utf-8"), add_bos=False, special=False)
+            tokens += self._llm.tokenize(own.encode("utf-8"), add_bos=False, special=special) if own else []
+        return tokens
 
     def create_completion(self, prompt: Any = None, stop: Any = None, **kwargs: Any) -> Any:
         stops = [] if stop is None else [stop] if isinstance(stop, str) else list(stop)
@@ -77,13 +101,28 @@ def chat_prompt(hook: Hook, messages: List[Dict[str, Any]]) -> Tuple[List[int], 
     llm = hook.llm
     handler = (llm.chat_handler or llm._chat_handlers.get(llm.chat_format)
                or llama_chat_format.get_chat_completion_handler(llm.chat_format))
+    stand_in = _FormatOnly(llm)
+    if any(_has_control_text(hook, m.get("content")) for m in messages):
+        contents = [m["content"] for m in messages if isinstance(m.get("content"), str)]
+        holes = iter(range(len(contents)))
+        messages = [dict(m, content=_HOLE.format(next(holes))) if isinstance(m.get("content"), str) else m for m in messages]
+        stand_in = _FormatOnly(llm, contents)
     try:
-        handler(llama=_FormatOnly(llm), messages=messages)
+        handler(llama=stand_in, messages=messages)
     except _Formatted as done:
         return done.tokens, done.stop
+    except BadInputError:
+        raise
     except (ValueError, TypeError, KeyError, jinja2.TemplateError) as e:  # the template refused the messages
         raise BadInputError(f"the chat template could not format these messages: {e}", field="messages") from None
     raise SadiError(f"chat format {llm.chat_format!r} did not produce a prompt")
+
+
+def _has_control_text(hook: Hook, content: Any) -> bool:
+    """True when ``content`` spells a control token's text (e.g. "<end_of_turn>")."""
+    if not isinstance(content, str) or not content:
+        return False
+    return hook.tokenize(content, add_bos=False, special=True) != hook.tokenize(content, add_bos=False, special=False)
 
 
 def stream_text(hook: Hook, prompt: str, chat: bool, max_tokens: int, temperature: float, top_p: float, seed: int) -> Iterator[str]:

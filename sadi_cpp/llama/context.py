@@ -160,12 +160,19 @@ def swap_in_hooked_context(llm: Any, engine: Any, callback: Any, tracker: Positi
     return ctx
 
 
-def token_piece(vocab: Any, token: int) -> bytes:
-    """The text piece of one token as bytes (special tokens give b'', as in a completion)."""
+def token_piece(vocab: Any, token: int, special: bool = False) -> bytes:
+    """The text piece of one token as bytes (special tokens give b'', as in a completion, unless
+    ``special``: then their text, e.g. b'<end_of_turn>')."""
     size = 64
     while True:
         buf = ctypes.create_string_buffer(size)
-        n = llama_cpp.llama_token_to_piece(vocab, int(token), buf, size, 0, False)
+        n = llama_cpp.llama_token_to_piece(vocab, int(token), buf, size, 0, special)
         if n >= 0:
             return buf.raw[:n]
         size = -n  # llama.cpp returns minus the size it needs
+
+
+def longest_piece(vocab: Any, n_vocab: int) -> int:
+    """The most bytes one token spells, control tokens' text included (0.25 s for 262k tokens)."""
+    buf = ctypes.create_string_buffer(4096)
+    return max(llama_cpp.llama_token_to_piece(vocab, t, buf, 4096, 0, True) for t in range(n_vocab))

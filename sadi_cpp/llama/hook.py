@@ -18,6 +18,7 @@ KV cache go through its methods; llama-cpp-python's internals stay inside ``sadi
 from __future__ import annotations
 
 import contextlib
+import functools
 from typing import Any, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -29,7 +30,7 @@ from sadi_cpp.errors import BadInputError, SadiError
 from sadi_cpp.llama import batch as batches
 from sadi_cpp.llama.batch import BatchRow
 from sadi_cpp.llama.configs import Configurations
-from sadi_cpp.llama.context import token_piece
+from sadi_cpp.llama.context import longest_piece, token_piece
 from sadi_cpp.llama.install import Installed, one_thread
 from sadi_cpp.llama.recording import Recording
 from sadi_cpp.llama.runtime import load_core
@@ -102,6 +103,12 @@ class Hook(Installed):
     def token_bytes(self, token: int) -> bytes:
         """The text piece of one token as bytes (special tokens give b'', as in a completion)."""
         return token_piece(self.llm._model.vocab, token)
+
+    @functools.cached_property
+    def max_piece_bytes(self) -> int:
+        """The most bytes any one token of the model spells (a text of n bytes takes at least
+        n / max_piece_bytes tokens)."""
+        return longest_piece(self.llm._model.vocab, self.n_vocab)
 
     # ---- steering ----
 

@@ -38,11 +38,41 @@ def load_core():
     try:
         from sadi_cpp import _core
     except ImportError as e:
-        raise ImportError(
-            f"sadi_cpp's compiled engine is missing ({e}). Install the package (pip install .) and do not "
-            "run Python from the source folder, whose sadi_cpp/ has no compiled _core."
-        ) from None
+        _core = installed_core()
+        if _core is None:
+            raise ImportError(f"sadi_cpp's compiled engine is missing ({e}): install the package (pip install .)") from None
     return _core
+
+
+def installed_core() -> Any:
+    """The compiled engine of the installed sadi-cpp, loaded as sadi_cpp._core, when Python runs
+    from a source checkout (its sadi_cpp/ folder comes first on sys.path and has no engine); None
+    when sadi-cpp is not installed. The checkout's Python modules then run with the installed
+    engine, so both must be of one version (ImportError otherwise)."""
+    import importlib.util
+    import sys
+
+    import sadi_cpp
+
+    try:
+        dist = importlib.metadata.distribution("sadi-cpp")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    found = [f for f in dist.files or [] if f.parts[:1] == ("sadi_cpp",) and f.name.startswith("_core.")
+             and f.suffix in (".so", ".pyd", ".dylib")]
+    if not found:
+        return None
+    if dist.version != sadi_cpp.__version__:
+        raise ImportError(f"the installed sadi-cpp is {dist.version} but this source folder is {sadi_cpp.__version__}: "
+                          "reinstall it from here (pip install .)")
+    spec = importlib.util.spec_from_file_location("sadi_cpp._core", str(dist.locate_file(found[0])))
+    if spec is None or spec.loader is None:
+        return None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["sadi_cpp._core"] = module
+    spec.loader.exec_module(module)
+    sadi_cpp._core = module  # type: ignore[attr-defined]
+    return module
 
 
 # llama.cpp's AMX kernels (compiled in by a native build on Intel CPUs with AMX, e.g. Xeon

@@ -11,6 +11,7 @@ checked part against part when read back::
 from __future__ import annotations
 
 import math
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple, Union
@@ -20,7 +21,7 @@ import numpy as np
 from sadi_cpp import __version__
 from sadi_cpp.errors import BadInputError
 from sadi_cpp.masks import sidecar
-from sadi_cpp.masks.fingerprint import fingerprint_mismatch, hook_fingerprint
+from sadi_cpp.masks.fingerprint import fit, hook_fingerprint
 from sadi_cpp.positions import POLICIES
 from sadi_cpp.sites import SITES, check_site
 
@@ -43,6 +44,38 @@ def select_top_k(mean_diff: np.ndarray, top_k: int, rank_by: str = "signed") -> 
     mask = np.zeros(n, dtype=bool)
     mask[order] = True
     return mask.reshape(mean_diff.shape)
+
+
+@dataclass(frozen=True)
+class Tuned:
+    """What tune recorded in a mask (its ``sadi.tuned`` JSON). A field is None where the record
+    lacks it or holds a value of another type: the record is text from a file, not trusted."""
+
+    improves: Optional[bool]
+    n_dev: Optional[int]
+    dev: Optional[str]
+    accuracy: Optional[float]  # the best cell's dev accuracy
+    baseline: Optional[float]
+    fixed_alpha: Optional[float]  # the fixed baseline's tuned scale
+
+    @classmethod
+    def parse(cls, text: str) -> Optional["Tuned"]:
+        try:
+            record = json.loads(text) if text else None
+        except ValueError:
+            return None
+        if not isinstance(record, dict):
+            return None
+
+        def get(obj: Any, key: str, kind: Any) -> Any:
+            value = obj.get(key) if isinstance(obj, dict) else None
+            if kind is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            return value if isinstance(value, kind) and (kind is not int or not isinstance(value, bool)) else None
+
+        return cls(get(record, "improves", bool), get(record, "n_dev", int), get(record, "dev", str),
+                   get(record.get("best"), "accuracy", float), get(record, "baseline", float),
+                   get(record.get("fixed"), "alpha", float))
 
 
 @dataclass
@@ -73,6 +106,11 @@ class SadiMask:
         if self.mask is None:
             self.mask = select_top_k(self.mean_diff, self.top_k, self.rank_by)
 
+    @property
+    def tuned_record(self) -> Optional[Tuned]:
+        """tune's record in this mask, or None (never tuned, or a record that is not a JSON object)."""
+        return Tuned.parse(self.tuned)
+
     def value_table(self) -> Optional[np.ndarray]:
         """Mean difference per value of the site's tensor [n_layer, width]; None if not stored."""
         return self.mean_diff if self.site != "head" else self.values
@@ -93,11 +131,14 @@ class SadiMask:
         key = (lambda r: -abs(r[2])) if self.rank_by == "abs" else (lambda r: -r[2])
         return sorted(rows, key=key)[:n]
 
-    def check_fits(self, hook: Any) -> None:
-        """BadInputError naming the differing fields when this mask was built for another model."""
-        diff = fingerprint_mismatch(self.model, hook_fingerprint(hook))
-        if diff:
-            raise BadInputError(f"this mask was made for another model ({diff}); build one for this model with build-mask")
+    def check_fits(self, hook: Any) -> str:
+        """BadInputError (field ``model``) when this mask was built for another model; else a note
+        on what differs but is accepted (another quantization of the same model), or ''."""
+        result = fit(self.model, hook_fingerprint(hook))
+        if result.problem:
+            raise BadInputError(f"this mask was made for another model ({result.problem}); load the model it was made for, "
+                                "or build a mask for this one with build-mask", field="model")
+        return result.note
 
     def save(self, path: Union[str, Path]) -> Path:
         meta = {k: getattr(self, k) for k in sidecar.STR_KEYS + sidecar.UINT_KEYS + sidecar.FLOAT_KEYS}

@@ -18,7 +18,7 @@ import numpy as np
 
 from sadi_cpp.errors import BadInputError
 from sadi_cpp.files import atomic_path
-from sadi_cpp.masks.fingerprint import FIELDS
+from sadi_cpp.masks.fingerprint import FIELDS, LAYOUT_FIELD
 from sadi_cpp.masks.gguf_file import FLOAT32, STRING, TYPE_NAMES, UINT32, read_bytes, read_header
 
 ARCH = "sadi"  # never "controlvector": llama.cpp would load the file as a control vector
@@ -41,6 +41,7 @@ KEYS: Dict[str, Tuple[int, bool]] = {
     **{f"{ARCH}.{k}": (UINT32, True) for k in UINT_KEYS},
     **{f"{ARCH}.{k}": (FLOAT32, True) for k in FLOAT_KEYS},
     **{f"{ARCH}.model.{k}": (STRING if k in ("arch", "tensors_sha256") else UINT32, True) for k in FIELDS},
+    f"{ARCH}.model.{LAYOUT_FIELD}": (STRING, False),
 }
 # tensor name -> (ggml type, numpy dtype, required)
 TENSORS = {MASK_TENSOR: (24, np.int8, True), TABLE_TENSOR: (0, np.float32, True), VALUES_TENSOR: (0, np.float32, False)}
@@ -66,6 +67,8 @@ def _kv(content: SidecarContent) -> Dict[str, Tuple[int, Any]]:
     for k in FIELDS:
         value = content.model[k]
         kv[f"{ARCH}.model.{k}"] = (STRING, value) if isinstance(value, str) else (UINT32, int(value))
+    if content.model.get(LAYOUT_FIELD):
+        kv[f"{ARCH}.model.{LAYOUT_FIELD}"] = (STRING, str(content.model[LAYOUT_FIELD]))
     if meta.get(TUNED_KEY):
         kv[f"{ARCH}.{TUNED_KEY}"] = (STRING, meta[TUNED_KEY])
     return kv
@@ -120,15 +123,18 @@ def read_sidecar(path: Union[str, Path]) -> SidecarContent:
     if not path.is_file():
         raise BadInputError(f"{path}: no such mask file")
     try:
-        header = read_header(path, decode=set(KEYS), max_kv=len(KEYS))  # other keys: skipped by size, then refused
+        header = read_header(path, decode=set(KEYS))  # other keys: skipped by size, then refused
     except BadInputError as e:
         raise BadInputError(f"{e}; not a readable mask, rebuild it with build-mask") from None
     kv = header.kv
     arch = kv.get("general.architecture")
     if arch is None or arch[0] != STRING:
         raise BadInputError(f"{path}: a GGUF file without general.architecture, not a sadi-cpp mask")
+    if arch[1] == "controlvector":
+        raise BadInputError(f"{path}: a llama.cpp control vector, not a sadi-cpp mask (eval takes it with --cvec)")
     if arch[1] != ARCH:
-        raise BadInputError(f"{path}: a GGUF of architecture '{arch[1]}', not a sadi-cpp mask ('{ARCH}')")
+        raise BadInputError(f"{path}: a GGUF model (architecture '{arch[1]}', {len(header.tensors)} tensors), not a "
+                            "sadi-cpp mask: give a mask file (*.sadi.gguf, made by build-mask for this model)")
     for key, (vtype, value) in kv.items():
         if key not in KEYS:
             raise BadInputError(f"{path}: unexpected key {key}; the file is damaged or not a sadi-cpp mask")
@@ -149,6 +155,8 @@ def read_sidecar(path: Union[str, Path]) -> SidecarContent:
     meta: Dict[str, Any] = {k: kv.get(f"{ARCH}.{k}", (STRING, ""))[1] for k in STR_KEYS + UINT_KEYS + FLOAT_KEYS}
     meta[TUNED_KEY] = kv.get(f"{ARCH}.{TUNED_KEY}", (STRING, ""))[1]
     model = {k: kv[f"{ARCH}.model.{k}"][1] for k in FIELDS}
+    if f"{ARCH}.model.{LAYOUT_FIELD}" in kv:
+        model[LAYOUT_FIELD] = kv[f"{ARCH}.model.{LAYOUT_FIELD}"][1]
     return SidecarContent(meta, model, tensors)
 
 

@@ -66,6 +66,17 @@ class Batcher:
             self._cv.notify_all()
         self._thread.join(timeout=30)
 
+    def end_all(self, reason: str) -> None:
+        """Shutting down: refuse new jobs and end every running and waiting one with ``reason``
+        (a Failed event, so streams close with an error event and [DONE])."""
+        with self._cv:
+            self._stopping = True
+            for job in self._active + list(self._waiting):
+                job.cancelled = True
+                job.sink(Failed(reason))
+            self._waiting.clear()
+            self._cv.notify_all()
+
     def submit(self, job: Job) -> None:
         """Queue a job; QueueFull when every sequence is taken and max_queue jobs already wait
         for one (jobs that will find a free sequence at the next step do not count as waiting)."""
@@ -232,7 +243,8 @@ class Batcher:
         job.generated.append(token)
         job.text_bytes += self.hook.token_bytes(token)
         text = job.text_bytes.decode("utf-8", errors="ignore")
-        cut = min((i for i in (text.find(s) for s in job.stop) if i >= 0), default=-1)
+        # a stop string cannot begin before the text already sent (held_back kept every possible start)
+        cut = _first_stop(text, job.stop, job.n_sent)
         if cut >= 0:
             return self._finish(job, "stop", text[:cut], info)
         if len(job.generated) >= job.max_tokens or len(job.prompt) + len(job.generated) >= self.n_ctx_seq:
@@ -256,12 +268,23 @@ class Batcher:
         return self._end_tokens
 
 
+def _first_stop(text: str, stops: List[str], start: int) -> int:
+    """Where the first stop string in ``text`` begins, looking from ``start`` on; -1 when none does."""
+    found = [i for i in (text.find(s, start) for s in stops) if i >= 0]
+    return min(found, default=-1)
+
+
 def _held_back(text: str, stops: List[str]) -> int:
-    """Characters at the end of ``text`` that could start a stop string (not sent yet)."""
+    """Characters at the end of ``text`` that could start a stop string (not sent yet): for each
+    stop, the longest end of the text that is a beginning of it. Only places where the stop's first
+    character stands are tried, longest first, each with one startswith."""
     held = 0
     for s in stops:
-        for n in range(min(len(s) - 1, len(text)), held, -1):
-            if text.endswith(s[:n]):
-                held = n
+        tail = text[len(text) - min(len(s) - 1, len(text)):]
+        i = tail.find(s[0]) if tail else -1
+        while i >= 0 and len(tail) - i > held:
+            if s.startswith(tail[i:]):
+                held = len(tail) - i
                 break
+            i = tail.find(s[0], i + 1)
     return held

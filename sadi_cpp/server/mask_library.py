@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from sadi_cpp.errors import BadInputError, SadiError
-from sadi_cpp.masks.fingerprint import fingerprint_mismatch, hook_fingerprint
+from sadi_cpp.masks.fingerprint import fit, hook_fingerprint
 from sadi_cpp.masks.mask import SadiMask
 from sadi_cpp.positions import check_policy
 from sadi_cpp.steering import Steering
@@ -40,10 +40,12 @@ class Steer:
 
 
 class MaskLibrary:
-    def __init__(self, masks: Dict[str, SadiMask], skipped: List[Tuple[str, str]], folder: Optional[Path] = None):
+    def __init__(self, masks: Dict[str, SadiMask], skipped: List[Tuple[str, str]], folder: Optional[Path] = None,
+                 notes: Optional[List[Tuple[str, str]]] = None):
         self.masks = masks
         self.skipped = skipped  # (file name, why it was not loaded)
         self.folder = folder
+        self.notes = notes or []  # (file name, what differs but was accepted)
 
     @classmethod
     def load(cls, folder: Path, hook: Hook) -> "MaskLibrary":
@@ -53,6 +55,7 @@ class MaskLibrary:
         have = hook_fingerprint(hook)
         masks: Dict[str, SadiMask] = {}
         skipped: List[Tuple[str, str]] = []
+        notes: List[Tuple[str, str]] = []
         for path in sorted(folder.glob("*" + SUFFIX)):
             name = path.name[: -len(SUFFIX)]
             try:
@@ -60,14 +63,16 @@ class MaskLibrary:
             except (SadiError, OSError) as e:
                 skipped.append((path.name, str(e)))
                 continue
-            diff = fingerprint_mismatch(mask.model, have)
-            if diff:
-                skipped.append((path.name, f"made for another model ({diff})"))
+            result = fit(mask.model, have)
+            if result.problem:
+                skipped.append((path.name, f"made for another model ({result.problem})"))
             elif hook.site_problem(mask.site):
                 skipped.append((path.name, hook.site_problem(mask.site)))
             else:
                 masks[name] = mask
-        return cls(masks, skipped, folder)
+                if result.note:
+                    notes.append((path.name, result.note))
+        return cls(masks, skipped, folder, notes)
 
     def describe(self, name: str) -> Dict[str, Any]:
         m = self.masks[name]

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import secrets
 from importlib import resources
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
-from sadi_cpp.server import errors
+from sadi_cpp.server import errors, limits
 from sadi_cpp.server.errors import ApiError
 from sadi_cpp.server.protocol import ChatRequest, CompletionRequest
 from sadi_cpp.server.serving import Pending, Serving
@@ -75,10 +76,24 @@ async def chat(body: ChatRequest, request: Request, s: Serving = Depends(serving
     return response if isinstance(response, StreamingResponse) else await response
 
 
-def create_app(serving: Serving, api_key: Optional[str] = None) -> FastAPI:
-    app = FastAPI(title="sadi-cpp", description="OpenAI-compatible API with per-request SADI steering")
+def create_app(serving: Serving, api_key: Optional[str] = None, allowed_hosts: Sequence[str] = ("*",)) -> FastAPI:
+    """The app: these routes only (no generated docs or schema pages, no redirect for a trailing
+    slash), requests for other Host names refused (400), bodies over limits.MAX_BODY_BYTES 413."""
+    app = FastAPI(title="sadi-cpp", docs_url=None, redoc_url=None, openapi_url=None)
+    app.router.redirect_slashes = False
     app.state.serving = serving
     app.state.api_key = api_key
     errors.install(app)
     app.include_router(router)
+    app.add_middleware(limits.BodyLimit)
+    app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
     return app
+
+
+def local_hosts(host: str) -> Tuple[str, ...]:
+    """The Host names a server bound to ``host`` answers: its own loopback names when it listens
+    on this machine only (a web page elsewhere cannot reach it by renaming itself: DNS
+    rebinding), any name otherwise."""
+    if host in ("127.0.0.1", "localhost", "::1"):
+        return ("127.0.0.1", "localhost", "[::1]", "::1")
+    return ("*",)

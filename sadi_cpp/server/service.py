@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from sadi_cpp.errors import BadInputError
 from sadi_cpp.llama.chat import choose_chat, has_chat_template
@@ -27,7 +27,7 @@ class Service:
     @classmethod
     def build(cls, model: Optional[str], masks: Optional[Path], n_parallel: int = 8, n_ctx: int = 2048,
               chat_format: Optional[str] = None, api_key: Optional[str] = None, max_queue: int = 64,
-              **llama_kwargs: Any) -> "Service":
+              allowed_hosts: Sequence[str] = ("*",), **llama_kwargs: Any) -> "Service":
         """``n_ctx``: tokens of one request (prompt and answer); the KV cache holds n_parallel of them.
         ``masks``: the folder of masks (default: the model's folder, where build-mask writes them)."""
         from sadi_cpp.server.routes import create_app
@@ -44,7 +44,8 @@ class Service:
         library = MaskLibrary.load(Path(masks) if masks is not None else Path(hook.model_path).parent, hook)
         batcher = Batcher(hook, n_parallel, n_ctx, max_queue)
         model_id = Path(hook.model_path).name
-        app = create_app(Serving(hook, library, batcher, model_id, chat_problem), api_key)
+        hook.max_piece_bytes  # computed now (a quarter second), not in the first request
+        app = create_app(Serving(hook, library, batcher, model_id, chat_problem), api_key, allowed_hosts)
         return cls(hook, library, batcher, app, model_id)
 
 

@@ -15,6 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from sadi_cpp.errors import BadInputError, SadiError
 from sadi_cpp.llama.chat import chat_prompt
 from sadi_cpp.server.jobs import Failed, Finished, Job, Piece, QueueFull, TokenInfo
+from sadi_cpp.server import limits
 from sadi_cpp.server.errors import ApiError, bad_request, error_body, from_library
 from sadi_cpp.server.protocol import ChatRequest, CompletionRequest, Reply, unsupported, usage
 from sadi_cpp.server.sampling import SamplingParams
@@ -53,6 +54,7 @@ class Serving:
             if len(prompt) != 1:
                 raise bad_request("prompt: give one string (a list of several prompts is not supported)", "prompt")
             prompt = prompt[0]
+        limits.check_fits(_utf8_size(prompt, "prompt"), self.hook.max_piece_bytes, self.batcher.n_ctx_seq, "prompt")
         tokens = await self._off_loop(lambda: self.hook.tokenize(prompt, special=True), "prompt")
         return self._submit(body, tokens, [], chat=False)
 
@@ -61,7 +63,10 @@ class Serving:
             raise bad_request(self.chat_problem, "messages")
         if not body.messages:
             raise bad_request("messages: give at least one message", "messages")
+        limits.check_messages(body.messages)
         messages = _text_messages(body.messages)
+        size = sum(_utf8_size(m["content"], "messages") for m in messages if isinstance(m.get("content"), str))
+        limits.check_fits(size, self.hook.max_piece_bytes, self.batcher.n_ctx_seq, "messages")
         tokens, stop = await self._off_loop(lambda: chat_prompt(self.hook, messages), "messages")
         return self._submit(body, tokens, stop, chat=True)
 
@@ -98,7 +103,7 @@ class Serving:
         max_tokens = body.max_tokens if body.max_tokens not in (None, 0) else self.batcher.n_ctx_seq
         if max_tokens < 0:
             raise bad_request("max_tokens must be >= 0", "max_tokens")
-        stop = [s for s in ([body.stop] if isinstance(body.stop, str) else list(body.stop or [])) if s]
+        stop = limits.check_stops(body.stop)
         loop = asyncio.get_running_loop()
         events: "asyncio.Queue[Any]" = asyncio.Queue()
         job = Job(prompt=list(tokens), max_tokens=max_tokens, sink=lambda e: loop.call_soon_threadsafe(events.put_nowait, e),
@@ -189,6 +194,14 @@ def _text_messages(messages: List[Any]) -> List[Dict[str, Any]]:
             m["content"] = "".join(p["text"] for p in parts)
         out.append(m)
     return out
+
+
+def _utf8_size(text: str, param: str) -> int:
+    """Bytes of ``text`` in UTF-8; a 400 for text that has none (a lone surrogate such as "\\ud800")."""
+    try:
+        return len(text.encode("utf-8"))
+    except UnicodeEncodeError as e:
+        raise bad_request(f"{param}: the text is not valid Unicode ({e.reason} at character {e.start})", param) from None
 
 
 def _sse(obj: Dict[str, Any]) -> str:
