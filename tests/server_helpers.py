@@ -97,6 +97,16 @@ class Server:
         return self.request("POST", path, body, **kw)
 
 
+def wait_until(condition: Any, what: str, seconds: float = 120.0) -> None:
+    """Poll ``condition()`` until it holds; fail naming ``what`` if it has not after ``seconds``
+    (a bound for a broken server, far above what a loaded machine needs)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {seconds:.0f} s and still not: {what}")
+        time.sleep(0.05)
+
+
 def write_random_masks(model_path: Path, folder: Path, specs: Dict[str, Tuple[str, int, float]], seed: int = 0) -> Dict[str, Any]:
     """Write one mask per {name: (site, top_k, delta)} with a random table, fitted to the model."""
     import sadi_cpp

@@ -10,7 +10,7 @@ the generated tokens and grows with the steering strength. So a batched answer m
    sequences of its decode carry (none, or others'): another request's steering never reaches it;
 2. through the server: every answer equals its solo run token for token, or leaves it where the
    two tokens were a near-tie in the batched run (log-probabilities within TIE_NATS, the solo token
-   among the batched top 5).
+   among the batched top 20).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import sadi_cpp
 from sadi_cpp.llama.batch import BatchRow
 from sadi_cpp.masks.mask import SadiMask
 from sadi_cpp.models import resolve_model
-from server_helpers import Server, write_random_masks
+from server_helpers import Server, wait_until, write_random_masks
 
 # Measured on the 2-core development machine: in one run of this mix 21 of the 64 answers left
 # their solo twin, at gaps of up to 0.17 nats, and tokens that stayed equal drifted by up to 0.33
@@ -33,7 +33,10 @@ from server_helpers import Server, write_random_masks
 # room for another CPU's kernels; another request's configuration reaching a row is what check 1
 # rules out exactly.
 TIE_NATS = 1.0
-TOP = 5  # log-probabilities returned per token
+# log-probabilities returned per token: the most the API gives. A near tie can sit in a flat
+# distribution (seen here: five tokens within 0.2 nats at -2.2), so the solo token must be found
+# among many alternatives to measure its gap.
+TOP = 20
 
 PROMPTS = [
     "The movie was", "I think the food at this place", "Once upon a time, an old man", "The weather today is",
@@ -126,27 +129,20 @@ def test_64_concurrent_requests_answer_as_alone_up_to_near_ties(masks):
 
 
 def test_a_client_that_goes_away_frees_its_sequence(masks):
-    """Whole (non-streaming) answers too: the server notices the closed connection while the answer
-    is being generated (every 0.25 s) and frees the sequence before the answer is done."""
+    """Whole (non-streaming) answers too: the server watches the connection while the answer is
+    being generated and frees the sequence as soon as the client has gone."""
     import http.client
     import json
-    import time
 
     with Server([str(resolve_model(None)), "--masks", str(masks), "--n-parallel", "1", "--max-queue", "0"]) as srv:
         conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
-        # 400 tokens take ~10 s here; end tokens are masked until then (min_tokens)
-        conn.request("POST", "/v1/completions", json.dumps({"prompt": "Once upon a time", "max_tokens": 400, "min_tokens": 400}),
+        # 1,500 tokens take ~40 s here; end tokens are masked until then (min_tokens)
+        conn.request("POST", "/v1/completions", json.dumps({"prompt": "Once upon a time", "max_tokens": 1500, "min_tokens": 1500}),
                      {"Content-Type": "application/json"})
-        deadline = time.monotonic() + 30
-        while srv.get("/health")[1]["running"] == 0 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert srv.get("/health")[1]["running"] == 1
+        wait_until(lambda: srv.get("/health")[1]["decodes"] > 0, "the answer is being generated")
         started = srv.get("/health")[1]["decodes"]
         conn.close()
-        while srv.get("/health")[1]["running"] and time.monotonic() < deadline:
-            time.sleep(0.05)
-        health = srv.get("/health")[1]
-        assert health["running"] == 0
-        assert health["decodes"] - started < 300, "the answer ran to its end instead of stopping"
+        wait_until(lambda: srv.get("/health")[1]["running"] == 0, "the sequence was freed")
+        assert srv.get("/health")[1]["decodes"] - started < 750, "the answer ran on after its client left"
         status, reply = srv.post("/v1/completions", {"prompt": "Hello", "max_tokens": 2})
         assert status == 200, reply

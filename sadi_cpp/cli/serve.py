@@ -28,6 +28,7 @@ def serve(
     cache_type: Annotated[str, typer.Option("--cache-type", help="Type of the KV cache's keys and values: f16 or f32.")] = "f16",
     allowed_hosts: Annotated[Optional[str], typer.Option("--allowed-hosts", help="Host names requests may address, comma-separated (default: the loopback names when --host is loopback, else any).")] = None,
     max_connections: Annotated[int, typer.Option("--max-connections", help="Open connections at most; more are closed as they come.")] = 256,
+    header_timeout: Annotated[float, typer.Option("--header-timeout", help="Seconds a connection has to send its request head; then it is closed.")] = 10.0,
     threads: Threads = None,
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API; each request may pick a mask ("sadi" field)."""
@@ -44,6 +45,8 @@ def serve(
         raise BadInputError(f"cache_type must be one of {', '.join(CACHE_TYPES)}, got {cache_type!r}", field="cache_type")
     if max_connections < 1:
         raise BadInputError(f"max_connections must be >= 1, got {max_connections}", field="max_connections")
+    if not 0 < header_timeout <= 3600:
+        raise BadInputError(f"header_timeout must be in (0, 3600] seconds, got {header_timeout}", field="header_timeout")
     hosts = tuple(h.strip() for h in allowed_hosts.split(",") if h.strip()) if allowed_hosts else local_hosts(host)
     kv = CACHE_TYPES[cache_type]
     service = Service.build(model, masks, n_parallel, n_ctx, chat_format, api_key, max_queue, hosts,
@@ -60,7 +63,8 @@ def serve(
     out.print(f"{n_parallel} sequences of {n_ctx} tokens; listening on http://{host}:{port} (playground: /)", soft_wrap=True)
     service.batcher.start()
     try:
-        http.serve(service.app, host, port, lambda: service.batcher.end_all("the server is shutting down"), max_connections)
+        http.serve(service.app, host, port, lambda: service.batcher.end_all("the server is shutting down"), max_connections,
+                   header_timeout)
     finally:
         service.batcher.stop()
 

@@ -65,7 +65,9 @@ class _FormatOnly:
 
     With ``contents``, the template was rendered with placeholders for the messages' contents:
     the template's own text is tokenized with control tokens recognised, each content as plain
-    text, so that a user's "<end_of_turn>" stays text and cannot forge a turn."""
+    text, so that a user's "<end_of_turn>" stays text and cannot forge a turn. Only messages that
+    spell a control token take this path; on a SentencePiece vocabulary that adds a leading space
+    to a text, each piece tokenized apart starts with that space."""
 
     def __init__(self, llm: Any, contents: Optional[List[str]] = None):
         self._llm = llm

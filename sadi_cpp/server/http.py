@@ -1,7 +1,8 @@
 """Running the app under uvicorn with guards uvicorn lacks: a connection must send its request head
-within HEAD_SECONDS (slow-header clients do not pile up), connections past a cap are closed at once
-(well below the file-descriptor limit, so accepting never fails), and SIGTERM or Ctrl-C first ends
-every running request with an error event, so that streams close properly before the exit."""
+within HEAD_SECONDS (slow-header clients do not pile up); past a cap on open connections (well below
+the file-descriptor limit, so accepting never fails) a new connection takes the place of the
+longest-waiting one that has no request running, or is closed when every one has; and SIGTERM or
+Ctrl-C first ends every running request with an error event, so that streams close properly."""
 
 from __future__ import annotations
 
@@ -37,17 +38,26 @@ class GuardedHttp(H11Protocol):
     """uvicorn's HTTP/1.1 protocol with a deadline for each request head and a connection cap."""
 
     cap = MAX_CONNECTIONS
+    head_seconds = HEAD_SECONDS
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._head_timer: Optional[asyncio.TimerHandle] = None
+        self._since = self.loop.time()
         if len(self.connections) > self.cap:
-            self.transport.abort()
-            return
+            idle = [c for c in self.connections if c is not self and isinstance(c, GuardedHttp) and c._idle()]
+            if not idle:  # every connection has a request running: this one waits for nothing
+                self.transport.abort()
+                return
+            min(idle, key=lambda c: c._since).transport.abort()  # a slow or idle client makes room
         self._arm()
 
+    def _idle(self) -> bool:
+        """No request running: still waiting for a head, or done with the last answer."""
+        return not self.transport.is_closing() and (self.cycle is None or self.cycle.response_complete)
+
     def _arm(self) -> None:
-        self._head_timer = self.loop.call_later(HEAD_SECONDS, self._head_late)
+        self._head_timer = self.loop.call_later(self.head_seconds, self._head_late)
 
     def _disarm(self) -> None:
         if self._head_timer is not None:
@@ -67,6 +77,7 @@ class GuardedHttp(H11Protocol):
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if not self.transport.is_closing():
+            self._since = self.loop.time()
             self._disarm()
             self._arm()
 
@@ -85,8 +96,10 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def serve(app: Any, host: str, port: int, before_exit: Callable[[], None], max_connections: int = MAX_CONNECTIONS) -> None:
+def serve(app: Any, host: str, port: int, before_exit: Callable[[], None], max_connections: int = MAX_CONNECTIONS,
+          head_seconds: float = HEAD_SECONDS) -> None:
     GuardedHttp.cap = connection_cap(max_connections)
+    GuardedHttp.head_seconds = head_seconds
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", http=GuardedHttp, timeout_graceful_shutdown=5,
                             timeout_keep_alive=5)
     _Server(config, before_exit).run()

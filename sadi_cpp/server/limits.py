@@ -43,6 +43,7 @@ class BodyLimit:
                 break
             size += len(message.get("body", b""))
             if size > self.max_bytes:
+                await self._drain(receive, size)
                 await self._refuse(send)
                 return
             if not message.get("more_body", False):
@@ -52,6 +53,15 @@ class BodyLimit:
             return chunks.pop(0) if chunks else await receive()
 
         await self.app(scope, replay, send)
+
+    async def _drain(self, receive: Receive, size: int) -> None:
+        """Read and drop the rest of an oversized body (up to twice the limit), so that the client,
+        still sending, reads the 413 instead of a reset connection."""
+        chunks_left = True
+        while chunks_left and size <= 2 * self.max_bytes:
+            message = await receive()
+            size += len(message.get("body", b""))
+            chunks_left = message["type"] == "http.request" and message.get("more_body", False)
 
     async def _refuse(self, send: Send) -> None:
         body = json.dumps(error_body(f"the request body is larger than {self.max_bytes} bytes", "invalid_request_error")).encode()
