@@ -9,7 +9,6 @@ import http.client
 import json
 import signal
 import socket
-import time
 from pathlib import Path
 from typing import Any, Dict, List
 
