@@ -222,12 +222,19 @@ def test_interrupts_exit_with_one_line_and_leave_no_file(tiny_path, built, tmp_p
             "tune": ["tune", str(big), str(big), "-m", str(tiny_path), "-o", str(out)],
             "eval": ["eval", str(big), "-m", str(tiny_path), "--mask", str(built)]}[command]
     script = "import sys; from sadi_cpp.cli import app; sys.argv[0] = 'sadi-cpp'; app()"
-    proc = subprocess.Popen([sys.executable, "-c", script, *args, "-q"], cwd=tmp_path,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(4)
-    assert proc.poll() is None, proc.communicate()
-    proc.send_signal(signum)
-    stdout, stderr = proc.communicate(timeout=60)
+    # SIGINT back to its default in the child: a shell that started this run in the background
+    # set it to "ignore", and Python then installs no KeyboardInterrupt handler
+    proc = subprocess.Popen([sys.executable, "-c", script, *args, "-q"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        time.sleep(4)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signum)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # a failed check must not leave the command running
+            proc.kill()
+            proc.wait()
     assert proc.returncode == code, stderr
     assert word in stderr and "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1, stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.jsonl"]  # no mask, no temporary file
