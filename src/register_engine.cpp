@@ -68,10 +68,9 @@ void register_engine(py::module_ & m) {
         .def("free_config", &Engine::free_config, py::arg("config"))
         .def_property_readonly("n_configs", &Engine::n_configs)
         .def("set_mask",
-             [](Engine & e, int32_t config, const std::string & site, int32_t il, const std::vector<int32_t> & units) {
-                 e.set_mask(config, to_site(site), il, units);
-             },
-             py::arg("config"), py::arg("site"), py::arg("layer"), py::arg("units"))
+             [](Engine & e, int32_t config, const std::string & site, int32_t il, const std::vector<int32_t> & units,
+                const std::vector<float> & deltas) { e.set_mask(config, to_site(site), il, units, deltas); },
+             py::arg("config"), py::arg("site"), py::arg("layer"), py::arg("units"), py::arg("deltas"))
         .def("clear_mask", &Engine::clear_mask, py::arg("config"))
         .def("set_add",
              [](Engine & e, int32_t config, const std::string & site, int32_t il,
@@ -83,8 +82,6 @@ void register_engine(py::module_ & m) {
              },
              py::arg("config"), py::arg("site"), py::arg("layer"), py::arg("values"))
         .def("clear_adds", &Engine::clear_adds, py::arg("config"))
-        .def("set_delta", &Engine::set_delta, py::arg("config"), py::arg("delta"))
-        .def("delta", &Engine::delta, py::arg("config"))
         .def("steering", &Engine::steering, py::arg("config"))
         .def("set_record", [](Engine & e, const std::string & site, bool on) { e.set_record(to_site(site), on); })
         .def("set_capture", &Engine::set_capture)

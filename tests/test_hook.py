@@ -246,7 +246,7 @@ def test_freeing_in_any_order_is_safe(tiny_path, order, tmp_path):
         with hook.steering({{"head": m}}, delta=2.0):
             llm.eval([1, 5, 6, 7])
         if {order!r} == "llama-first":
-            del llm; gc.collect(); hook.engine.set_delta(0, 1.0); del hook
+            del llm; gc.collect(); hook.engine.set_mask(0, "head", 1, [2], [1.0]); del hook
         elif {order!r} == "hook-first":
             del hook; gc.collect(); llm.reset(); llm.eval([1, 5, 6]); del llm
         else:

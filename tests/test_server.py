@@ -133,7 +133,9 @@ def _spec(i: int) -> Dict[str, Any]:
     rng = np.random.default_rng(100 + i)
     steering = [None, {"mask": "tiny.head"}, {"mask": "tiny.head", "delta": -3, "top_k": 5},
                 {"mask": "tiny.neuron", "positions": "all"}, {"mask": "tiny.hidden", "delta": 6, "positions": "last+generated"},
-                {"mask": "tiny.neuron", "delta": 4}, None][i % 7]
+                {"mask": "tiny.neuron", "delta": 4}, None,
+                [{"mask": "tiny.head", "delta": 4}, {"mask": "tiny.neuron", "delta": -3, "weighting": "mean-diff"}],
+                [{"mask": "tiny.hidden", "delta": 2, "positions": "all"}, {"mask": "tiny.head", "delta": 5}]][i % 9]
     words = "".join(chr(c) for c in rng.integers(97, 123, size=int(rng.integers(2, 60))))
     spec: Dict[str, Any] = {"max_tokens": int(rng.integers(3, 30)), "temperature": 0, "sadi": steering}
     if i % 2:
@@ -185,8 +187,11 @@ def test_64_concurrent_requests_answer_exactly_as_alone(served: Server):
         t_lp, a_lp = np.array(t.pop("lp")), np.array(a.pop("lp"))
         assert np.abs(t_lp - a_lp).max(initial=0) <= tol, (i, t_lp, a_lp, tol)
         assert t == a, f"request {i} ({specs[i]['sadi']}) answered differently in the batch"
-        if specs[i]["sadi"]:
-            assert t["sadi"]["mask"] == specs[i]["sadi"]["mask"]
+        asked = specs[i]["sadi"]
+        if isinstance(asked, list):  # composed: the response lists the masks in the request's order
+            assert [part["mask"] for part in t["sadi"]] == [part["mask"] for part in asked]
+        elif asked:
+            assert t["sadi"]["mask"] == asked["mask"]
         else:
             assert t["sadi"] is None
     # the requests really shared decodes: one at a time needs a decode per generated token
@@ -206,6 +211,11 @@ def test_64_concurrent_requests_answer_exactly_as_alone(served: Server):
     ({"prompt": "x", "sadi": {"mask": "tiny.head", "top_k": 0}}, "sadi.top_k"),
     ({"prompt": "x", "sadi": {"mask": "tiny.head", "positions": "first"}}, "sadi.positions"),
     ({"prompt": "x", "sadi": {"mask": "tiny.head", "strength": 3}}, "unknown field(s) strength"),
+    ({"prompt": "x", "sadi": [{"mask": "tiny.head"}, {"mask": "nope"}]}, "sadi.mask: unknown mask 'nope'"),
+    ({"prompt": "x", "sadi": [{"mask": "tiny.head"}] * 100}, "sadi: a list of 1..8 steering objects, got 100"),
+    ({"prompt": "x", "sadi": [{"mask": "tiny.head", "positions": "all"}, {"mask": "tiny.neuron", "positions": "last"}]},
+     "sadi.positions: one position policy"),
+    ({"prompt": "x", "sadi": {"mask": "tiny.head", "weighting": "loud"}}, "sadi.weighting: unknown weighting 'loud'"),
     ({"prompt": "x", "sadi": "tiny.head"}, "sadi"),
     ({"prompt": "x" * 200}, "the prompt has 204 tokens"),  # BOS, "▁" (3 bytes), 200 bytes
     ({"prompt": "x", "n": 2}, "n: only one"),

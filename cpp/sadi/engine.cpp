@@ -70,7 +70,12 @@ std::string shape_text(const ggml_tensor * t) {
 }  // namespace
 
 bool Config::steers(Site site, int32_t il) const {
-    return (delta != 0.0f && !ranges[size_t(site)][size_t(il)].empty()) || !adds[size_t(site)][size_t(il)].empty();
+    for (const Range & r : ranges[size_t(site)][size_t(il)]) {
+        if (r.delta != 0.0f) {
+            return true;
+        }
+    }
+    return !adds[size_t(site)][size_t(il)].empty();
 }
 
 bool Config::any() const {
@@ -266,13 +271,14 @@ const Config & Engine::live(int32_t config) const {
     return configs_[size_t(config)];
 }
 
-void Engine::set_mask(int32_t config, Site site, int32_t il, const std::vector<int32_t> & units) {
+void Engine::set_mask(int32_t config, Site site, int32_t il, const std::vector<int32_t> & units,
+                      const std::vector<float> & deltas) {
     Config & c = live(config);
     if (!problems_[size_t(site)].empty()) {
         throw std::invalid_argument(problems_[size_t(site)]);
     }
     check_layer(il);
-    c.ranges[size_t(site)][size_t(il)] = unit_ranges(units, shape_.unit_width(site), shape_.n_units(site));
+    c.ranges[size_t(site)][size_t(il)] = unit_ranges(units, deltas, shape_.unit_width(site), shape_.n_units(site));
 }
 
 void Engine::clear_mask(int32_t config) {
@@ -592,7 +598,7 @@ bool Engine::process(ggml_tensor * t, Site site, int32_t il) {
                 continue;
             }
             const std::vector<float> & add = c.adds[size_t(site)][size_t(il)];
-            scale_ranges(x, c.ranges[size_t(site)][size_t(il)], c.delta);
+            scale_ranges(x, c.ranges[size_t(site)][size_t(il)]);
             if (!add.empty()) {
                 add_row(x, add.data(), width);
             }
@@ -677,14 +683,14 @@ bool Engine::process_experts(ggml_tensor * t, int32_t il) {
                 for (const Range & rg : c.ranges[size_t(Site::expert)][size_t(il)]) {
                     const int64_t b = std::max(rg.begin, lo), e = std::min(rg.begin + rg.len, lo + n_ff);
                     if (b < e) {
-                        mine.push_back(Range{b - lo, e - b});
+                        mine.push_back(Range{b - lo, e - b, rg.delta});
                     }
                 }
                 if (mine.empty()) {
                     continue;
                 }
                 float * x = act.data() + k * n_ff;
-                scale_ranges(x, mine, c.delta);
+                scale_ranges(x, mine);
                 const size_t offset = size_t(r) * t->nb[2] + size_t(k) * t->nb[1];
                 if (host) {
                     std::memcpy(static_cast<char *>(t->data) + offset, x, slot_bytes);

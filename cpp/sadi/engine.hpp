@@ -24,14 +24,14 @@ struct llama_batch;
 
 namespace sadi {
 
-// One steering configuration: a' = a + delta * a on the masked unit ranges, then + the added
-// vector, per (site, layer).
+// One steering configuration: a' = a + delta_u * a on each masked unit u (a strength per unit:
+// one mask's delta, a mask weighted by its statistics, or several masks' deltas summed), then +
+// the added vector, per (site, layer).
 struct Config {
-    float delta = 0.0f;
-    std::array<std::vector<std::vector<Range>>, n_sites> ranges;  // [site][layer]
+    std::array<std::vector<std::vector<Range>>, n_sites> ranges;  // [site][layer], each with its delta
     std::array<std::vector<std::vector<float>>, n_sites> adds;    // [site][layer], empty: none
 
-    // True when this configuration changes (site, layer): masked units and delta != 0, or a vector.
+    // True when this configuration changes (site, layer): a unit with delta != 0, or a vector.
     bool steers(Site site, int32_t il) const;
     bool any() const;
 };
@@ -68,15 +68,14 @@ public:
     void free_config(int32_t config);
     int32_t n_configs() const { return int32_t(configs_.size()); }
 
-    // Steering of one configuration: the masked units of each (site, layer) and the factor delta.
-    void set_mask(int32_t config, Site site, int32_t il, const std::vector<int32_t> & units);
+    // Steering of one configuration: the units of each (site, layer) and each unit's delta.
+    void set_mask(int32_t config, Site site, int32_t il, const std::vector<int32_t> & units,
+                  const std::vector<float> & deltas);
     void clear_mask(int32_t config);
-    void set_delta(int32_t config, float delta) { live(config).delta = delta; }
-    float delta(int32_t config) const { return live(config).delta; }
     // A vector [width] added to the steered rows of (site, layer) after the scaling; empty removes it.
     void set_add(int32_t config, Site site, int32_t il, const std::vector<float> & values);
     void clear_adds(int32_t config);
-    // True when the configuration would change anything: some unit masked and delta != 0, or a vector to add.
+    // True when the configuration would change anything: a unit with delta != 0, or a vector to add.
     bool steering(int32_t config) const { return live(config).any(); }
 
     // Recording: which sites, and what to keep of each recorded row.

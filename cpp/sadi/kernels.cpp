@@ -6,32 +6,42 @@
 
 namespace sadi {
 
-std::vector<Range> unit_ranges(std::vector<int32_t> units, int64_t unit_width, int64_t n_units) {
-    std::sort(units.begin(), units.end());
+std::vector<Range> unit_ranges(const std::vector<int32_t> & units, const std::vector<float> & deltas, int64_t unit_width,
+                               int64_t n_units) {
+    if (deltas.size() != units.size()) {
+        throw std::invalid_argument("one delta per unit is needed (" + std::to_string(units.size()) + " units, " +
+                                    std::to_string(deltas.size()) + " deltas)");
+    }
+    std::vector<size_t> order(units.size());
+    for (size_t i = 0; i < order.size(); ++i) {
+        order[i] = i;
+    }
+    std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return units[a] < units[b]; });
     std::vector<Range> ranges;
-    for (size_t i = 0; i < units.size(); ++i) {
-        const int32_t u = units[i];
+    for (size_t k = 0; k < order.size(); ++k) {
+        const int32_t u = units[order[k]];
+        const float d   = deltas[order[k]];
         if (u < 0 || u >= n_units) {
             throw std::invalid_argument("unit " + std::to_string(u) + " is outside [0, " + std::to_string(n_units) + ")");
         }
-        if (i > 0 && u == units[i - 1]) {
+        if (k > 0 && u == units[order[k - 1]]) {
             throw std::invalid_argument("unit " + std::to_string(u) + " is listed twice");
         }
         const int64_t begin = int64_t(u) * unit_width;
-        if (!ranges.empty() && ranges.back().begin + ranges.back().len == begin) {
+        if (!ranges.empty() && ranges.back().begin + ranges.back().len == begin && ranges.back().delta == d) {
             ranges.back().len += unit_width;
         } else {
-            ranges.push_back(Range{begin, unit_width});
+            ranges.push_back(Range{begin, unit_width, d});
         }
     }
     return ranges;
 }
 
-void scale_ranges(float * row, const std::vector<Range> & ranges, float delta) {
+void scale_ranges(float * row, const std::vector<Range> & ranges) {
     for (const Range & r : ranges) {
         float * x = row + r.begin;
         for (int64_t i = 0; i < r.len; ++i) {
-            x[i] = x[i] + delta * x[i];
+            x[i] = x[i] + r.delta * x[i];
         }
     }
 }

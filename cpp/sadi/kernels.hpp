@@ -6,18 +6,22 @@
 
 namespace sadi {
 
-// A run of consecutive values in a row.
+// A run of consecutive values in a row, scaled by one factor (1 + delta).
 struct Range {
     int64_t begin = 0;
     int64_t len   = 0;
+    float delta   = 0.0f;
 };
 
-// The value ranges covered by `units` (each unit_width values wide), adjacent units merged.
-// Units are sorted first; std::invalid_argument for a unit outside [0, n_units) or a repeat.
-std::vector<Range> unit_ranges(std::vector<int32_t> units, int64_t unit_width, int64_t n_units);
+// The value ranges covered by `units` (each unit_width values wide), unit units[i] with strength
+// deltas[i]; adjacent units of equal strength merged. Units are sorted first; std::invalid_argument
+// for a unit outside [0, n_units), a repeat, or a count of deltas other than the units'.
+std::vector<Range> unit_ranges(const std::vector<int32_t> & units, const std::vector<float> & deltas, int64_t unit_width,
+                               int64_t n_units);
 
-// SADI's edit a' = a + delta * a on the values in `ranges`; all other values are untouched.
-void scale_ranges(float * row, const std::vector<Range> & ranges, float delta);
+// SADI's edit a' = a + delta * a on the values of each range, with the range's delta; all other
+// values are untouched.
+void scale_ranges(float * row, const std::vector<Range> & ranges);
 
 // A fixed vector added to a row: row[i] += add[i] (baselines: fixed vectors, CAA).
 void add_row(float * row, const float * add, int64_t n);

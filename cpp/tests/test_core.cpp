@@ -78,25 +78,38 @@ void test_row_map() {
 }
 
 void test_kernel() {
-    const auto ranges = sadi::unit_ranges({3, 1, 0}, 2, 4);  // heads 0,1 merge; head 3 apart
+    const float d = 2.7f;
+    const auto ranges = sadi::unit_ranges({3, 1, 0}, {d, d, d}, 2, 4);  // heads 0,1 merge; head 3 apart
     CHECK(ranges.size() == 2);
     CHECK(ranges[0].begin == 0 && ranges[0].len == 4 && ranges[1].begin == 6 && ranges[1].len == 2);
-    CHECK(throws<std::invalid_argument>([] { sadi::unit_ranges({4}, 2, 4); }));
-    CHECK(throws<std::invalid_argument>([] { sadi::unit_ranges({1, 1}, 2, 4); }));
-    CHECK(sadi::unit_ranges({}, 2, 4).empty());
+    CHECK(ranges[0].delta == d && ranges[1].delta == d);
+    CHECK(throws<std::invalid_argument>([] { sadi::unit_ranges({4}, {1.0f}, 2, 4); }));
+    CHECK(throws<std::invalid_argument>([] { sadi::unit_ranges({1, 1}, {1.0f, 1.0f}, 2, 4); }));
+    CHECK(throws<std::invalid_argument>([] { sadi::unit_ranges({1, 2}, {1.0f}, 2, 4); }));
+    CHECK(sadi::unit_ranges({}, {}, 2, 4).empty());
 
     std::vector<float> row = {1.5f, -2.0f, 0.1f, 3.0f, 7.0f, -0.3f, 1e-3f, -4.25f};
     const std::vector<float> before = row;
-    const float delta = 2.7f;
-    sadi::scale_ranges(row.data(), ranges, delta);
+    sadi::scale_ranges(row.data(), ranges);
     for (size_t i = 0; i < row.size(); ++i) {
         const bool masked = i < 4 || i >= 6;
-        const float want = masked ? before[i] + delta * before[i] : before[i];
+        const float want = masked ? before[i] + d * before[i] : before[i];
         CHECK(std::memcmp(&row[i], &want, sizeof(float)) == 0);  // bit-identical, masked or not
     }
     std::vector<float> zero = before;
-    sadi::scale_ranges(zero.data(), ranges, 0.0f);
+    sadi::scale_ranges(zero.data(), sadi::unit_ranges({3, 1, 0}, {0.0f, 0.0f, 0.0f}, 2, 4));
     CHECK(std::memcmp(zero.data(), before.data(), before.size() * sizeof(float)) == 0);
+
+    // a strength per unit: units of other strengths stay apart, each scaled by its own
+    const auto mixed = sadi::unit_ranges({0, 1, 2}, {1.0f, -0.5f, -0.5f}, 2, 4);
+    CHECK(mixed.size() == 2 && mixed[0].len == 2 && mixed[1].begin == 2 && mixed[1].len == 4);
+    std::vector<float> row2 = before;
+    sadi::scale_ranges(row2.data(), mixed);
+    for (size_t i = 0; i < row2.size(); ++i) {
+        const float delta = i < 2 ? 1.0f : i < 6 ? -0.5f : 0.0f;
+        const float want = i < 6 ? before[i] + delta * before[i] : before[i];
+        CHECK(std::memcmp(&row2[i], &want, sizeof(float)) == 0);
+    }
 
     std::vector<double> sum(3, 1.0);
     const float add[3] = {0.5f, -1.0f, 2.0f};

@@ -227,6 +227,38 @@ def units_table(mask: Any, n: int) -> Table:
     return table
 
 
+def load_masks(paths: Sequence[Any], deltas: Optional[Sequence[float]], top_k: Optional[int],
+               weighting: str) -> List[Tuple[Any, float]]:
+    """(mask, delta) for each --mask, checked before the model loads: as many --delta as --mask
+    (or none: each mask's own), --top-k with one mask only, a known weighting."""
+    from sadi_cpp.masks.mask import WEIGHTINGS, SadiMask
+
+    if weighting not in WEIGHTINGS:
+        raise BadInputError(f"unknown weighting '{weighting}': use {' or '.join(WEIGHTINGS)}", field="weighting")
+    if deltas and len(deltas) != len(paths):
+        raise BadInputError(f"give one --delta per --mask ({len(paths)} masks, {len(deltas)} deltas), or none to use each mask's own")
+    if top_k is not None and len(paths) != 1:
+        raise BadInputError("--top-k takes one mask; with several, set each mask's K with build-mask or tune")
+    masks = [SadiMask.load(p) for p in paths]
+    if top_k is not None:
+        masks = [masks[0].with_top_k(top_k)]
+    return [(m, m.delta if not deltas else float(d)) for m, d in zip(masks, deltas or [None] * len(masks))]
+
+
+def steering_of(parts: List[Tuple[Any, float]], hook: Any, weighting: str) -> Any:
+    """The Steering of the masks (each checked against the model; a note where one was built on
+    another quantization of it): one mask as it is, several composed."""
+    from sadi_cpp.steering import Steering
+
+    made = []
+    for m, delta in parts:
+        note = m.check_fits(hook)
+        if note:
+            err.print(f"note: {note}", soft_wrap=True)
+        made.append(Steering(m.units(), delta, weights=m.weights(weighting)))
+    return made[0] if len(made) == 1 else Steering.compose(made)
+
+
 def tuned_line(tuned: Any) -> str:
     """One line on what tune found for a mask (a masks.mask.Tuned)."""
     def num(x: Optional[float]) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import typer
@@ -14,7 +14,7 @@ from typing_extensions import Annotated
 
 from sadi_cpp.cli.common import (
     JsonOut, Model, NCtx, NoCache, Norm, Positions, Quiet, Site, Threads, answers_line, app, choice_names, constant_warning,
-    err, errors, floats, interval, ints, load_model, note_kept, out, progress_bar,
+    err, errors, floats, interval, ints, load_masks, load_model, note_kept, out, progress_bar, steering_of,
 )
 from sadi_cpp.errors import BadInputError
 from sadi_cpp.files import check_output
@@ -25,10 +25,11 @@ from sadi_cpp.files import check_output
 def eval_cmd(
     data: Annotated[Path, typer.Argument(help="Multiple-choice JSONL {prompt, choices, label}.", show_default=False)],
     model: Model = None,
-    mask: Annotated[Optional[Path], typer.Option("--mask", help="Mask sidecar (methods sadi, fixed, random).")] = None,
+    mask: Annotated[Optional[List[Path]], typer.Option("--mask", help="Mask sidecar (methods sadi, fixed, random); repeat it to evaluate several masks composed (sadi).")] = None,
     cvec: Annotated[Optional[Path], typer.Option("--cvec", help="llama.cpp control vector (method caa).")] = None,
     method: Annotated[str, typer.Option("--method", help="sadi | fixed (add the mean difference) | random (K random units) | caa.")] = "sadi",
-    delta: Annotated[Optional[float], typer.Option("--delta", help="sadi/random: delta (default: the mask's).")] = None,
+    delta: Annotated[Optional[List[float]], typer.Option("--delta", help="sadi/random: delta (default: the mask's); with several masks, one per --mask.")] = None,
+    weighting: Annotated[str, typer.Option("--weighting", help="sadi: uniform, or mean-diff (delta scaled by each unit's |mean difference| over the strongest's).")] = "uniform",
     alpha: Annotated[Optional[float], typer.Option("--alpha", help="fixed/caa: scale of the added vector (default: fixed, the scale tune chose on dev; caa, 1: the vector as stored).")] = None,
     top_k: Annotated[Optional[int], typer.Option("--top-k", help="Another K from the mask's table.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of --method random.")] = 0,
@@ -47,9 +48,10 @@ def eval_cmd(
 
     check_policy(positions)
     check_method(method, mask, cvec, delta, alpha)
+    parts = load_masks(mask, delta, top_k, weighting) if mask else []
     items = read_mc(data, limit)
     hook = load_model(model, n_ctx, threads)
-    config, info = from_files(hook, method, mask, cvec, delta, alpha, top_k, seed)
+    config, info = from_files(hook, method, mask, parts, cvec, alpha, seed, weighting)
     with progress_bar("items", len(items), quiet, plain=as_json) as step:
         result = evaluate(hook, items, config, positions=positions, normalize=norm, progress=step)
     report = dict(info, data=str(data), positions=positions, normalize=norm, **result.as_dict())
@@ -192,61 +194,64 @@ def _print_tune(result: Any, report: Dict[str, Any], items: Any, written: Option
         out.print(f"written to {written}{mark}", highlight=False, soft_wrap=True)
 
 
-def check_method(method: str, mask: Optional[Path], cvec: Optional[Path], delta: Optional[float], alpha: Optional[float]) -> None:
+def check_method(method: str, mask: Optional[List[Path]], cvec: Optional[Path], delta: Optional[List[float]],
+                 alpha: Optional[float]) -> None:
     """eval's choice of what to compare, checked before the model loads."""
     from sadi_cpp.evaluation.interventions import METHODS
 
     if method not in METHODS:
         raise BadInputError(f"unknown method '{method}': use one of {', '.join(METHODS)}", field="method")
-    if (mask is None) == (cvec is None):
-        raise BadInputError("give exactly one of --mask (SADI, fixed, random) or --cvec (CAA control vector)")
+    if (not mask) == (cvec is None):
+        raise BadInputError("give exactly one of --mask (SADI, fixed, random; repeatable for sadi) or --cvec (CAA control vector)")
+    if mask and len(mask) > 1 and method != "sadi":
+        raise BadInputError(f"--method {method} takes one mask; several masks are evaluated composed, as sadi")
     scales_delta = method in ("sadi", "random") and cvec is None
-    if (delta is not None and not scales_delta) or (alpha is not None and scales_delta):
+    if (delta and not scales_delta) or (alpha is not None and scales_delta):
         raise BadInputError(f"--method {'caa' if cvec is not None else method} takes "
                             f"{'--delta' if scales_delta else '--alpha (the scale of the added vector)'}")
     if cvec is not None and method not in ("sadi", "caa"):
         raise BadInputError(f"--method {method} needs --mask; a control vector is evaluated as caa")
-    if mask is not None and method == "caa":
+    if mask and method == "caa":
         raise BadInputError("--method caa needs --cvec (a control vector); a mask is evaluated as sadi, fixed or random")
 
 
-def from_files(hook: Any, method: str, mask_path: Optional[Path], cvec_path: Optional[Path], delta: Optional[float],
-               alpha: Optional[float], top_k: Optional[int], seed: int) -> Tuple[Any, Dict[str, Any]]:
-    """The steering ``eval`` compares with the baseline: ``method`` on a mask sidecar (sadi, fixed,
-    random) or a control vector (caa). ``delta`` scales sadi and random (default: the mask's);
-    ``alpha`` the added vector of fixed (default: the scale tune chose for it on the same dev
-    items, kept in the mask's ``sadi.tuned`` record) and caa (default 1: the vector as stored; tune
-    --method caa stores it with its tuned scale). Returns it with a description for reports."""
-    from sadi_cpp.evaluation.interventions import FIXED_ALPHAS, caa, fixed, random_units, sadi
+def from_files(hook: Any, method: str, paths: Optional[List[Path]], parts: List[Tuple[Any, float]], cvec_path: Optional[Path],
+               alpha: Optional[float], seed: int, weighting: str = "uniform") -> Tuple[Any, Dict[str, Any]]:
+    """The steering ``eval`` compares with the baseline: ``method`` on mask sidecars (sadi: one, or
+    several composed; fixed, random: one) or a control vector (caa). ``parts``: each mask with its
+    delta (load_masks). ``alpha`` scales the added vector of fixed (default: the scale tune chose
+    for it on the same dev items, kept in the mask's ``sadi.tuned`` record) and caa (default 1: the
+    vector as stored; tune --method caa stores it with its tuned scale). Returns it with a
+    description for reports."""
+    from sadi_cpp.evaluation.interventions import FIXED_ALPHAS, caa, fixed, random_units
     from sadi_cpp.masks.cvec import read_cvec
-    from sadi_cpp.masks.mask import SadiMask
 
     if cvec_path is not None:
         alpha = 1.0 if alpha is None else alpha
         dirs = read_cvec(cvec_path, hook.shape.n_layer, hook.shape.n_embd)
         return caa(hook.shape, dirs, alpha), {"method": "caa", "cvec": str(cvec_path), "alpha": alpha}
-    assert mask_path is not None
-    m = SadiMask.load(mask_path)
+    assert paths
+    m, d = parts[0]
+    info: Dict[str, Any] = {"method": method, "mask": str(paths[0]), "site": m.site, "top_k": m.top_k,
+                            "tuned_improves": m.tuned_record.improves if m.tuned_record else None}
+    if method == "sadi":
+        steering = steering_of(parts, hook, weighting)
+        if len(parts) > 1:
+            info["masks"] = [{"mask": str(p), "site": mm.site, "top_k": mm.top_k, "delta": dd} for p, (mm, dd) in zip(paths, parts)]
+        return steering, dict(info, delta=d, weighting=weighting)
     note = m.check_fits(hook)
     if note:
         err.print(f"note: {note}", soft_wrap=True)
-    if top_k is not None:
-        m = m.with_top_k(top_k)
-    info: Dict[str, Any] = {"method": method, "mask": str(mask_path), "site": m.site, "top_k": m.top_k,
-                            "tuned_improves": m.tuned_record.improves if m.tuned_record else None}
-    if method in ("sadi", "random"):
-        d = m.delta if delta is None else delta
-        if method == "sadi":
-            return sadi(m.units(), d), dict(info, delta=d)
+    if method == "random":
         steering = random_units(hook.shape, m.site, m.top_k, d, seed=seed)
         units = np.argwhere(steering.mask[m.site]).tolist()
         return steering, dict(info, delta=d, seed=seed, units=[{"layer": int(l), "unit": int(u)} for l, u in units])
     values = m.value_table()
     if values is None:
-        raise BadInputError(f"{mask_path}: this head mask stores no per-value differences (made by an older sadi-cpp); rebuild it")
+        raise BadInputError(f"{paths[0]}: this head mask stores no per-value differences (made by an older sadi-cpp); rebuild it")
     if alpha is None:
         alpha = m.tuned_record.fixed_alpha if m.tuned_record else None
         if alpha is None:
-            raise BadInputError(f"{mask_path}: no tuned scale for the fixed baseline in this mask (tune writes one); "
+            raise BadInputError(f"{paths[0]}: no tuned scale for the fixed baseline in this mask (tune writes one); "
                                 f"give --alpha, e.g. one of tune's grid {', '.join(f'{a:g}' for a in FIXED_ALPHAS)}")
     return fixed(hook.shape, m.site, m.mask, values, alpha), dict(info, alpha=alpha)

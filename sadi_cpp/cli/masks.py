@@ -5,15 +5,15 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 from rich.table import Table
 from typing_extensions import Annotated
 
 from sadi_cpp.cli.common import (
-    JsonOut, Model, ModelArg, NCtx, NoCache, Site, Threads, app, err, errors, load_model, one_model, out, plain, progress_bar, tuned_line,
-    units_table,
+    JsonOut, Model, ModelArg, NCtx, NoCache, Site, Threads, app, errors, load_masks, load_model, one_model, out, plain, progress_bar,
+    steering_of, tuned_line, units_table,
 )
 from sadi_cpp.files import check_output
 
@@ -75,10 +75,11 @@ def build_mask_cmd(
 @errors
 def generate(
     prompt: Annotated[str, typer.Argument(help="The prompt.", show_default=False)],
-    mask: Annotated[Path, typer.Option("--mask", help="Mask sidecar from build-mask.")],
+    mask: Annotated[List[Path], typer.Option("--mask", help="Mask sidecar from build-mask; repeat it to steer with several at once (their strengths add where they share a unit).")],
     model: Model = None,
-    delta: Annotated[Optional[float], typer.Option("--delta", help="Steering strength (default: the mask's recommended delta).")] = None,
-    top_k: Annotated[Optional[int], typer.Option("--top-k", help="Use another K from the mask's stored table.")] = None,
+    delta: Annotated[Optional[List[float]], typer.Option("--delta", help="Steering strength (default: the mask's recommended delta); with several masks, one per --mask, in order.")] = None,
+    top_k: Annotated[Optional[int], typer.Option("--top-k", help="Use another K from the mask's stored table (one mask only).")] = None,
+    weighting: Annotated[str, typer.Option("--weighting", help="uniform (every masked unit gets delta) or mean-diff (delta scaled by each unit's |mean difference| over the strongest's).")] = "uniform",
     positions: Annotated[Optional[str], typer.Option("--positions", help="last | last+generated | all (default: the mask's).")] = None,
     chat: Annotated[bool, typer.Option("--chat", help="Wrap the prompt in the model's chat template (tokenizer.chat_template).")] = False,
     chat_format: Annotated[Optional[str], typer.Option("--chat-format", help="Use this llama-cpp-python chat format instead (e.g. gemma, chatml); implies --chat.")] = None,
@@ -93,21 +94,13 @@ def generate(
 ) -> None:
     """Generate text with the model steered by a SADI mask (streams tokens)."""
     from sadi_cpp.llama.chat import choose_chat, stream_text
-    from sadi_cpp.masks.mask import SadiMask
     from sadi_cpp.positions import check_policy
-    from sadi_cpp.steering import Steering
 
-    m = SadiMask.load(mask)
-    if top_k is not None:
-        m = m.with_top_k(top_k)
-    policy = check_policy(positions or m.positions)
+    parts = load_masks(mask, delta, top_k, weighting)
+    policy = check_policy(positions or parts[0][0].positions)
     hook = load_model(model, n_ctx, threads)
-    note = m.check_fits(hook)
-    if note:
-        err.print(f"note: {note}", soft_wrap=True)
+    steering = steering_of(parts, hook, weighting)
     use_chat = choose_chat(hook, chat, chat_format)
-    steering = Steering(m.units(), m.delta if delta is None else delta)
-    d = steering.delta
     stream = not (compare or as_json)
 
     def run() -> str:
@@ -124,13 +117,17 @@ def generate(
     unsteered = run() if compare or as_json else None
     with hook.steering(steering, positions=policy):
         steered = run()
+    first, d = parts[0]
+    described = [{"mask": str(p), "site": m.site, "top_k": m.top_k, "delta": dd} for p, (m, dd) in zip(mask, parts)]
     if as_json:
-        out.print_json(json.dumps({"prompt": prompt, "delta": d, "site": m.site, "top_k": m.top_k,
-                                   "positions": policy, "unsteered": unsteered, "steered": steered}))
+        out.print_json(json.dumps({"prompt": prompt, "delta": d, "site": first.site, "top_k": first.top_k, "masks": described,
+                                   "weighting": weighting, "positions": policy, "unsteered": unsteered, "steered": steered}))
     elif compare:
         table = Table(show_lines=True)
         table.add_column("unsteered")
-        table.add_column(f"steered ({m.site}, K={m.top_k}, delta={d:g})")
+        title = (f"{first.site}, K={first.top_k}, delta={d:g}" if len(parts) == 1 else
+                 " + ".join(f"{m.site} K={m.top_k} delta={dd:g}" for m, dd in parts))
+        table.add_column(f"steered ({title}{', mean-diff weights' if weighting != 'uniform' else ''})")
         table.add_row(unsteered, steered)
         out.print(table)
 

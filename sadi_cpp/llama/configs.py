@@ -27,19 +27,17 @@ class Configurations:
         self.clear(config)
         try:
             for site, per_layer in units.items():
-                for layer, idx in per_layer:
-                    self.engine.set_mask(config, site, layer, idx)
+                for layer, idx, deltas in per_layer:
+                    self.engine.set_mask(config, site, layer, idx, deltas)
             for site, layer, vec in vectors:
                 self.engine.set_add(config, site, layer, vec)
         except ValueError as e:  # the engine refuses a site this model's graph lacks
             self.clear(config)
             raise UnsupportedModelError(str(e)) from None
-        self.engine.set_delta(config, steering.delta)
 
     def clear(self, config: int) -> None:
         self.engine.clear_mask(config)
         self.engine.clear_adds(config)
-        self.engine.set_delta(config, 0.0)
 
     def configure(self, name: str, steering: Steering) -> str:
         """Register (or replace) the configuration ``name``."""

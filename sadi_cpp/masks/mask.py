@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # annotations only
     from sadi_cpp.masks.contrast import Contrast
 
 RANK_BY = ("signed", "abs")
+WEIGHTINGS = ("uniform", "mean-diff")
 
 
 def select_top_k(mean_diff: np.ndarray, top_k: int, rank_by: str = "signed") -> np.ndarray:
@@ -118,6 +119,18 @@ class SadiMask:
     def units(self) -> Dict[str, np.ndarray]:
         """{site: bool [n_layer, n_units]}: what Hook.steering takes."""
         return {self.site: self.mask}
+
+    def weights(self, weighting: str = "uniform") -> Dict[str, np.ndarray]:
+        """Per-unit weights of the delta ({} for ``uniform``: every masked unit gets delta). For
+        ``mean-diff`` each masked unit's |mean difference| over the largest one among them, so the
+        strongest unit gets delta and the others less, in proportion to their statistic."""
+        if weighting == "uniform":
+            return {}
+        if weighting != "mean-diff":
+            raise BadInputError(f"unknown weighting '{weighting}': use {' or '.join(WEIGHTINGS)}", field="weighting")
+        size = np.abs(np.where(self.mask, self.mean_diff, 0.0)).astype(np.float32)
+        top = float(size.max(initial=0.0))
+        return {self.site: size / top if top > 0 else size}
 
     def with_top_k(self, top_k: int, rank_by: Optional[str] = None) -> "SadiMask":
         """The same table with another K (and ranking); no pairs are re-run."""

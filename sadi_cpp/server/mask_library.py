@@ -19,24 +19,49 @@ if TYPE_CHECKING:  # annotations only: the hook is handed in, never made here
 SUFFIX = ".sadi.gguf"
 
 
+MAX_PARTS = 8  # masks one request may compose
+
+
 @dataclass(frozen=True)
-class Steer:
-    """One request's steering, checked once: a mask of the library at a K, a delta and a position
-    policy, and the :class:`Steering` the engine is configured with."""
+class Part:
+    """One mask of a request's steering: a mask of the library at a K, its delta and weighting."""
 
     mask: str
     top_k: int
     delta: float
-    positions: str
-    steering: Steering
-
-    @property
-    def key(self) -> Tuple[str, int, float]:
-        """Requests with the same key share one engine configuration."""
-        return (self.mask, self.top_k, self.delta)
+    weighting: str = "uniform"
 
     def describe(self) -> Dict[str, Any]:
-        return {"mask": self.mask, "top_k": self.top_k, "delta": self.delta, "positions": self.positions}
+        out: Dict[str, Any] = {"mask": self.mask, "top_k": self.top_k, "delta": self.delta}
+        if self.weighting != "uniform":
+            out["weighting"] = self.weighting
+        return out
+
+
+@dataclass(frozen=True)
+class Steer:
+    """One request's steering, checked once: its masks (one, or several composed), the position
+    policy, and the :class:`Steering` the engine is configured with."""
+
+    parts: Tuple[Part, ...]
+    positions: str
+    steering: Steering
+    composed: bool = False  # the request gave a list
+
+    @property
+    def key(self) -> Tuple[Part, ...]:
+        """Requests with the same key share one engine configuration."""
+        return self.parts
+
+    @property
+    def delta(self) -> float:
+        return self.parts[0].delta
+
+    def describe(self) -> Any:
+        """The steering as the response reports it: the request's object, or its list."""
+        if not self.composed:
+            return {**self.parts[0].describe(), "positions": self.positions}
+        return [{**p.describe(), "positions": self.positions} for p in self.parts]
 
 
 class MaskLibrary:
@@ -82,15 +107,37 @@ class MaskLibrary:
             "pairs_sha256": m.pairs_sha256, "model": dict(m.model),
         }
 
-    def steer(self, spec: Dict[str, Any]) -> Optional[Steer]:
-        """Check a request's steering field ({"mask", "delta", "top_k", "positions"}; missing
-        values come from the mask) and return it; None for no mask (unsteered). BadInputError's
-        ``field`` names the part at fault (mask, delta, top_k, positions)."""
+    def steer(self, spec: Any) -> Optional[Steer]:
+        """Check a request's steering field and return it; None for no mask (unsteered). The field
+        is one object {"mask", "delta", "top_k", "positions", "weighting"} (missing values come
+        from the mask) or a list of up to MAX_PARTS of them, composed (their strengths add where
+        they share a unit; one position policy for all). BadInputError's ``field`` names the part
+        at fault (mask, delta, top_k, positions, weighting)."""
+        if isinstance(spec, list):
+            if not 1 <= len(spec) <= MAX_PARTS:
+                raise BadInputError(f"a list of 1..{MAX_PARTS} steering objects, got {len(spec)}")
+            parts = [self._part(item) for item in spec]
+            if any(p is None for p in parts):
+                raise BadInputError("every object of a steering list names its mask", field="mask")
+        else:
+            part = self._part(spec)
+            if part is None:
+                return None
+            parts = [part]
+        asked = {item.get("positions") for item in (spec if isinstance(spec, list) else [spec]) if item.get("positions") is not None}
+        if len(asked) > 1:
+            raise BadInputError(f"one position policy for all the masks of a request, got {sorted(map(str, asked))}", field="positions")
+        positions = check_policy(asked.pop() if asked else self.masks[parts[0][0].mask].positions)
+        steerings = [made for _, made in parts]  # type: ignore[misc]
+        steering = steerings[0] if len(steerings) == 1 else Steering.compose(steerings)
+        return Steer(tuple(p for p, _ in parts), positions, steering, isinstance(spec, list))  # type: ignore[misc]
+
+    def _part(self, spec: Any) -> Optional[Tuple[Part, Steering]]:
         if not isinstance(spec, dict):
-            raise BadInputError("must be an object like {\"mask\": NAME, \"delta\": 9}")
-        unknown = set(spec) - {"mask", "delta", "top_k", "positions"}
+            raise BadInputError("must be an object like {\"mask\": NAME, \"delta\": 9}, or a list of such objects")
+        unknown = set(spec) - {"mask", "delta", "top_k", "positions", "weighting"}
         if unknown:
-            raise BadInputError(f"unknown field(s) {', '.join(sorted(map(str, unknown)))}: use mask, delta, top_k, positions")
+            raise BadInputError(f"unknown field(s) {', '.join(sorted(map(str, unknown)))}: use mask, delta, top_k, positions, weighting")
         name = spec.get("mask")
         if name is None:
             return None
@@ -101,7 +148,9 @@ class MaskLibrary:
         top_k = spec.get("top_k", mask.top_k)
         if isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= mask.mean_diff.size:
             raise BadInputError(f"top_k must be an integer in 1..{mask.mean_diff.size} for mask {name!r}, got {top_k!r}", field="top_k")
-        positions = check_policy(spec.get("positions", mask.positions))
+        weighting = spec.get("weighting", "uniform")
+        if not isinstance(weighting, str):
+            raise BadInputError(f"weighting must be a string, got {weighting!r}", field="weighting")
         chosen = mask if top_k == mask.top_k else mask.with_top_k(top_k)
-        steering = Steering(chosen.units(), spec.get("delta", mask.delta), name=name)
-        return Steer(name, int(top_k), steering.delta, positions, steering)
+        steering = Steering(chosen.units(), spec.get("delta", mask.delta), name=name, weights=chosen.weights(weighting))
+        return Part(name, int(top_k), steering.delta, weighting), steering

@@ -13,16 +13,18 @@ from pydantic import Field
 from sadi_cpp.server.jobs import TokenInfo
 
 SADI_FIELD = Field(default=None, description='Steering for this request: {"mask": NAME, "delta": 9, "top_k": 5, '
-                                             '"positions": "last"}; absent or null: unsteered.')
+                                             '"positions": "last", "weighting": "uniform"}, or a list of such objects '
+                                             '(composed); absent or null: unsteered.')
+Sadi = Optional[Union[Dict[str, Any], List[Any]]]
 
 
 class CompletionRequest(CreateCompletionRequest):
-    sadi: Optional[Dict[str, Any]] = SADI_FIELD
+    sadi: Sadi = SADI_FIELD
     stream_options: Optional[Dict[str, Any]] = None
 
 
 class ChatRequest(CreateChatCompletionRequest):
-    sadi: Optional[Dict[str, Any]] = SADI_FIELD
+    sadi: Sadi = SADI_FIELD
     stream_options: Optional[Dict[str, Any]] = None
 
 
@@ -55,7 +57,7 @@ def unsupported(req: Union[CompletionRequest, ChatRequest]) -> Optional[str]:
 class Reply:
     """Builds the response JSON of one request, whole or chunk by chunk."""
 
-    def __init__(self, chat: bool, model: str, steering: Optional[Dict[str, Any]]):
+    def __init__(self, chat: bool, model: str, steering: Any):
         self.chat = chat
         self.id = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
         self.created = int(time.time())
