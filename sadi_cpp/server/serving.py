@@ -75,8 +75,8 @@ class Serving:
         every other request) goes on meanwhile."""
         try:
             return await run_in_threadpool(work)
-        except UnicodeEncodeError as e:  # a lone surrogate ("\ud800") cannot be UTF-8
-            raise bad_request(f"{param}: the text is not valid Unicode ({e.reason} at character {e.start})", param) from None
+        except UnicodeEncodeError as e:  # a lone surrogate elsewhere than a content (e.g. a role)
+            raise _not_unicode(e, param) from None
         except BadInputError as e:
             raise from_library(e, default=param) from None
 
@@ -201,7 +201,11 @@ def _utf8_size(text: str, param: str) -> int:
     try:
         return len(text.encode("utf-8"))
     except UnicodeEncodeError as e:
-        raise bad_request(f"{param}: the text is not valid Unicode ({e.reason} at character {e.start})", param) from None
+        raise _not_unicode(e, param) from None
+
+
+def _not_unicode(e: UnicodeEncodeError, param: str) -> ApiError:
+    return bad_request(f"{param}: the text is not valid Unicode ({e.reason} at character {e.start})", param)
 
 
 def _sse(obj: Dict[str, Any]) -> str:
