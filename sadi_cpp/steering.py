@@ -180,9 +180,6 @@ class Steering:
         return out
 
 
-NONE = Steering(name="none")
-
-
 def _pair(part: Any, i: int) -> Steering:
     if not isinstance(part, (tuple, list)) or len(part) != 2:
         raise BadInputError(f"part {i + 1} of a composition must be a Steering or a (mask, delta) pair", field="mask")

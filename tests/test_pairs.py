@@ -44,7 +44,7 @@ def test_missing_file(tmp_path):
 def test_first_lines_keeps_every_pair_of_a_multiple_choice_line(tmp_path):
     import json
 
-    from sadi_cpp.data.pairs import first_lines, read_pairs
+    from sadi_cpp.data.pairs import read_pairs
 
     p = tmp_path / "mixed.jsonl"
     p.write_text("\n".join([
@@ -54,8 +54,8 @@ def test_first_lines_keeps_every_pair_of_a_multiple_choice_line(tmp_path):
     ]) + "\n")
     pairs = read_pairs(p)
     assert len(pairs) == 4
-    assert [q.where.rsplit(":", 1)[1] for q in first_lines(pairs, 2)] == ["1", "1", "2"]
-    assert first_lines(pairs, 9) == pairs
+    assert [q.where.rsplit(":", 1)[1] for q in pairs.first_lines(2)] == ["1", "1", "2"]
+    assert pairs.first_lines(9) == pairs
 
 
 def test_line_separators_inside_json_strings_are_text_not_line_ends(tmp_path):

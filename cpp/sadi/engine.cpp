@@ -70,12 +70,9 @@ std::string shape_text(const ggml_tensor * t) {
 }  // namespace
 
 bool Config::steers(Site site, int32_t il) const {
-    for (const Range & r : ranges[size_t(site)][size_t(il)]) {
-        if (r.delta != 0.0f) {
-            return true;
-        }
-    }
-    return !adds[size_t(site)][size_t(il)].empty();
+    // ranges hold only units of strength other than 0 (unit_ranges): a constant-time answer,
+    // asked for every site node of every ubatch
+    return !ranges[size_t(site)][size_t(il)].empty() || !adds[size_t(site)][size_t(il)].empty();
 }
 
 bool Config::any() const {

@@ -27,6 +27,9 @@ std::vector<Range> unit_ranges(const std::vector<int32_t> & units, const std::ve
         if (k > 0 && u == units[order[k - 1]]) {
             throw std::invalid_argument("unit " + std::to_string(u) + " is listed twice");
         }
+        if (d == 0.0f) {
+            continue;
+        }
         const int64_t begin = int64_t(u) * unit_width;
         if (!ranges.empty() && ranges.back().begin + ranges.back().len == begin && ranges.back().delta == d) {
             ranges.back().len += unit_width;

@@ -14,7 +14,9 @@ struct Range {
 };
 
 // The value ranges covered by `units` (each unit_width values wide), unit units[i] with strength
-// deltas[i]; adjacent units of equal strength merged. Units are sorted first; std::invalid_argument
+// deltas[i]; adjacent units of equal strength merged, units of strength 0 left out (they change
+// nothing, and an empty list then tells the callback at once that nothing is to do). Units are
+// sorted first; std::invalid_argument
 // for a unit outside [0, n_units), a repeat, or a count of deltas other than the units'.
 std::vector<Range> unit_ranges(const std::vector<int32_t> & units, const std::vector<float> & deltas, int64_t unit_width,
                                int64_t n_units);

@@ -96,6 +96,7 @@ void test_kernel() {
         const float want = masked ? before[i] + d * before[i] : before[i];
         CHECK(std::memcmp(&row[i], &want, sizeof(float)) == 0);  // bit-identical, masked or not
     }
+    CHECK(sadi::unit_ranges({3, 1, 0}, {0.0f, 0.0f, 0.0f}, 2, 4).empty());  // strength 0 changes nothing: left out
     std::vector<float> zero = before;
     sadi::scale_ranges(zero.data(), sadi::unit_ranges({3, 1, 0}, {0.0f, 0.0f, 0.0f}, 2, 4));
     CHECK(std::memcmp(zero.data(), before.data(), before.size() * sizeof(float)) == 0);

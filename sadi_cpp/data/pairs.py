@@ -103,10 +103,6 @@ def read_pairs(path: Union[str, Path]) -> PairSet:
     return PairSet(tuple(pairs), hashlib.sha256(raw).hexdigest(), str(path))
 
 
-def first_lines(pairs: PairSet, n_lines: int) -> PairSet:
-    return pairs.first_lines(n_lines)
-
-
 PairsLike = Union[PairSet, str, Path, Iterable[Union[Pair, dict]]]
 
 

@@ -53,10 +53,6 @@ class Steer:
         """Requests with the same key share one engine configuration."""
         return self.parts
 
-    @property
-    def delta(self) -> float:
-        return self.parts[0].delta
-
     def describe(self) -> Any:
         """The steering as the response reports it: the request's object, or its list."""
         if not self.composed:

@@ -34,12 +34,12 @@ def authorize(request: Request) -> None:
                        "invalid_request_error", "invalid_api_key")
 
 
-def _respond(s: Serving, pending: Pending, body: Any, request: Request) -> Any:
+async def _respond(s: Serving, pending: Pending, body: Any, request: Request) -> Any:
     if body.stream:
         include_usage = bool((body.stream_options or {}).get("include_usage"))
         return StreamingResponse(s.stream(pending, include_usage), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-    return s.whole(pending, request)
+    return await s.whole(pending, request)
 
 
 @router.get("/", response_class=HTMLResponse)
@@ -64,16 +64,12 @@ def masks(s: Serving = Depends(serving)) -> Dict[str, Any]:
 
 @router.post("/v1/completions", dependencies=[Depends(authorize)])
 async def completions(body: CompletionRequest, request: Request, s: Serving = Depends(serving)) -> Any:
-    pending = await s.completion(body)
-    response = _respond(s, pending, body, request)
-    return response if isinstance(response, StreamingResponse) else await response
+    return await _respond(s, await s.completion(body), body, request)
 
 
 @router.post("/v1/chat/completions", dependencies=[Depends(authorize)])
 async def chat(body: ChatRequest, request: Request, s: Serving = Depends(serving)) -> Any:
-    pending = await s.chat(body)
-    response = _respond(s, pending, body, request)
-    return response if isinstance(response, StreamingResponse) else await response
+    return await _respond(s, await s.chat(body), body, request)
 
 
 def create_app(serving: Serving, api_key: Optional[str] = None, allowed_hosts: Sequence[str] = ("*",)) -> FastAPI:
