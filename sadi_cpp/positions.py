@@ -18,6 +18,7 @@ import math
 from typing import Iterator, List, Optional, Tuple
 
 from sadi_cpp.errors import BadInputError
+from sadi_cpp.gate import Gate, GateResult, gate_result
 
 POLICIES = ("last", "last+generated", "all")
 DEFAULT_POLICY = "last"
@@ -26,6 +27,14 @@ DEFAULT_POLICY = "last"
 def check_policy(policy: str) -> str:
     if policy not in POLICIES:
         raise BadInputError(f"unknown position policy '{policy}': use one of {', '.join(POLICIES)}", field="positions")
+    return policy
+
+
+def check_gated(policy: str, gated: bool) -> str:
+    """A gate decides at the last prompt token, so it cannot gate rows before it: ``all`` takes no gate."""
+    if gated and policy == "all":
+        raise BadInputError("a gate decides at the last prompt token, so it cannot gate the prompt tokens before it: "
+                            "use positions 'last' or 'last+generated' with a gate", field="positions")
     return policy
 
 
@@ -56,6 +65,8 @@ class PositionTracker:
         self.in_generate = False
         self.last_prompt_pos = -1
         self.dirty_from = math.inf  # first position whose KV entry depends on a steered row
+        self.gate: Optional[Gate] = None  # the steering's gate, if it has one
+        self.gate_result: Optional[GateResult] = None  # its decision for the current prompt evaluation
 
     def valid_prefix(self, n_cached: int) -> int:
         """How many of ``n_cached`` KV entries stay valid once the steering configuration changes."""
@@ -67,6 +78,7 @@ class PositionTracker:
             self.dirty_from = math.inf  # eval drops the KV entries from n_cached on
         if not self.generated:
             self.last_prompt_pos = n_cached + n_new - 1
+            self.gate_result = None  # a new prompt: its gate decides again
 
     def after_eval(self) -> None:
         if self.in_generate:
@@ -93,6 +105,18 @@ class PositionTracker:
 
     def mark_steered(self, pos: int) -> None:
         self.dirty_from = min(self.dirty_from, pos)
+
+    def gate_rows(self, steer: List[int]) -> Tuple[List[int], bool]:
+        """(rows to steer, whether the first of them decides the gate): with a gate, the first
+        steered row of a prompt evaluation decides, and later rows are steered only if it fired."""
+        if self.gate is None or not steer:
+            return steer, False
+        if self.gate_result is None:
+            return steer[:1], True  # policies that steer more than one prompt row take no gate (check_gated)
+        return (steer if self.gate_result.fired else []), False
+
+    def decided(self, score: float) -> None:
+        self.gate_result = gate_result(self.gate, score)
 
     def rows(self, first_pos: int, n_tokens: int, steering: bool) -> Tuple[List[int], List[int]]:
         """(rows to steer, rows to record) of a single-sequence batch starting at ``first_pos``."""

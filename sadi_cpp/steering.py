@@ -4,6 +4,7 @@
     Steering(mask, 9.0, weights={"head": w})       # a strength per unit: delta_u = 9 * w_u
     Steering.compose([(mask_a, 9.0), (mask_b, -4.0)])  # a' = a + (9 M_a + (-4) M_b) ⊙ a
     Steering(add={"residual": vectors})            # a fixed vector added (the baselines)
+    Steering(mask, 9.0, gate=gate)                 # only for inputs where the gate fires (sadi_cpp.gate)
 
 ``mask`` maps a site to a bool array [n_layer, n_units(site)] (an object with ``units()``, e.g. a
 loaded SADI mask, is taken too); ``add`` maps a site (``residual`` too) to float vectors
@@ -16,12 +17,13 @@ Whether the arrays fit a model is the one check left for the model (:meth:`Steer
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from dataclasses import dataclass, field, replace
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
 from sadi_cpp.errors import BadInputError
+from sadi_cpp.gate import Gate
 from sadi_cpp.sites import RECORD_SITES, Shape, check_site
 
 # |delta| above this is refused: the paper's strengths stay below 100, and a huge factor drives
@@ -109,8 +111,12 @@ class Steering:
     add: Mapping[str, np.ndarray] = field(default_factory=dict)
     name: str = ""
     weights: Mapping[str, np.ndarray] = field(default_factory=dict)
+    gate: Optional[Gate] = None  # steer a sequence only when this gate fires on its prompt
 
     def __post_init__(self) -> None:
+        if self.gate is not None and not isinstance(self.gate, Gate):
+            raise BadInputError(f"gate must be a sadi_cpp.gate.Gate (load one with load_gate), got {type(self.gate).__name__}",
+                                field="gate")
         object.__setattr__(self, "mask", _masks(self.mask))
         object.__setattr__(self, "delta", check_delta(self.delta))
         object.__setattr__(self, "add", _adds(self.add))
@@ -126,13 +132,15 @@ class Steering:
         object.__setattr__(self, "strengths", strengths)
 
     @classmethod
-    def compose(cls, parts: Sequence[Any], name: str = "") -> "Steering":
+    def compose(cls, parts: Sequence[Any], name: str = "", gate: Optional[Gate] = None) -> "Steering":
         """Several steerings at once: each part a Steering or a (mask, delta) pair. Where parts
         select the same unit their strengths add, a' = a + (sum_i delta_i M_i) ⊙ a; their
-        added vectors add too."""
+        added vectors add too. One ``gate`` decides for the whole composition (parts carry none)."""
         made = [p if isinstance(p, Steering) else _pair(p, i) for i, p in enumerate(parts)]
         if not made:
             raise BadInputError("a composition needs at least one part", field="mask")
+        if any(p.gate is not None for p in made):
+            raise BadInputError("the parts of a composition carry no gate: give one gate for the whole", field="gate")
         masks: Dict[str, np.ndarray] = {}
         totals: Dict[str, np.ndarray] = {}
         adds: Dict[str, np.ndarray] = {}
@@ -146,7 +154,7 @@ class Steering:
                 if site in adds and adds[site].shape != a.shape:
                     raise BadInputError(f"the parts' {site} vectors differ in shape", field="add")
                 adds[site] = adds[site] + a if site in adds else a
-        return cls(masks, 1.0, adds, name or " + ".join(p.name for p in made if p.name), weights=totals)
+        return cls(masks, 1.0, adds, name or " + ".join(p.name for p in made if p.name), weights=totals, gate=gate)
 
     @property
     def steers(self) -> bool:
@@ -186,12 +194,19 @@ def _pair(part: Any, i: int) -> Steering:
     return Steering(part[0], part[1], name=str(getattr(part[0], "name", "") or ""))
 
 
-def as_steering(mask: Any = None, delta: Any = 0.0, add: Any = None) -> Steering:
+def as_steering(mask: Any = None, delta: Any = 0.0, add: Any = None, gate: Optional[Gate] = None) -> Steering:
     """A Steering as given (already checked), a composition of a list of Steerings or (mask, delta)
-    pairs, or one made from its parts."""
+    pairs, or one made from its parts; ``gate`` gates it (a Steering given with a gate of its own
+    and another ``gate`` is refused)."""
     if isinstance(mask, (Steering, list)):
         if add is not None or delta not in (0, 0.0):
             raise BadInputError("give either a Steering or a list of (mask, delta) pairs, or a mask with delta and add; "
                                 "not both", field="mask")
-        return mask if isinstance(mask, Steering) else Steering.compose(mask)
-    return Steering(mask if mask is not None else {}, delta, add if add is not None else {})
+        if isinstance(mask, list):
+            return Steering.compose(mask, gate=gate)
+        if gate is None or gate is mask.gate:
+            return mask
+        if mask.gate is not None:
+            raise BadInputError("this Steering has a gate already; give one gate", field="gate")
+        return replace(mask, gate=gate)
+    return Steering(mask if mask is not None else {}, delta, add if add is not None else {}, gate=gate)

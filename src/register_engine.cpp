@@ -82,6 +82,10 @@ void register_engine(py::module_ & m) {
              },
              py::arg("config"), py::arg("site"), py::arg("layer"), py::arg("values"))
         .def("clear_adds", &Engine::clear_adds, py::arg("config"))
+        .def("set_gate", &Engine::set_gate, py::arg("config"), py::arg("layer"), py::arg("direction"), py::arg("center"),
+             py::arg("threshold"))
+        .def("clear_gate", &Engine::clear_gate, py::arg("config"))
+        .def("gate_layer", &Engine::gate_layer, py::arg("config"))
         .def("steering", &Engine::steering, py::arg("config"))
         .def("set_record", [](Engine & e, const std::string & site, bool on) { e.set_record(to_site(site), on); })
         .def("set_capture", &Engine::set_capture)
@@ -111,16 +115,18 @@ void register_engine(py::module_ & m) {
             "begin_decode",
             [](Engine & e, std::uintptr_t batch, const std::vector<int32_t> & steer_rows,
                const std::vector<int32_t> & record_rows, const std::vector<int32_t> & steer_configs,
-               const std::vector<int32_t> & record_slots) {
+               const std::vector<int32_t> & record_slots, const std::vector<int8_t> & steer_decide) {
                 if (batch == 0) {
                     throw py::value_error("null llama_batch address");
                 }
                 e.begin_decode(*reinterpret_cast<const llama_batch *>(batch), steer_rows, record_rows, steer_configs,
-                               record_slots);
+                               record_slots, steer_decide);
             },
             py::arg("batch_address"), py::arg("steer_rows"), py::arg("record_rows"),
-            py::arg("steer_configs") = std::vector<int32_t>(), py::arg("record_slots") = std::vector<int32_t>())
-        .def("end_decode", &Engine::end_decode);
+            py::arg("steer_configs") = std::vector<int32_t>(), py::arg("record_slots") = std::vector<int32_t>(),
+            py::arg("steer_decide") = std::vector<int8_t>())
+        .def("end_decode", &Engine::end_decode)
+        .def("gate_scores", [](const Engine & e) { return to_array(e.gate_scores(), {py::ssize_t(e.gate_scores().size())}); });
 }
 
 }  // namespace sadi::python

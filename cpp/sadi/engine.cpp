@@ -303,6 +303,27 @@ void Engine::set_add(int32_t config, Site site, int32_t il, const std::vector<fl
     c.adds[size_t(site)][size_t(il)] = values;
 }
 
+void Engine::set_gate(int32_t config, int32_t il, const std::vector<float> & direction, const std::vector<float> & center,
+                      float threshold) {
+    Config & c = live(config);
+    if (!problems_[size_t(Site::residual)].empty()) {
+        throw std::invalid_argument(problems_[size_t(Site::residual)]);
+    }
+    check_layer(il);
+    if (il == shape_.n_layer - 1) {  // nothing above the last layer is left to steer
+        throw std::invalid_argument("a gate at the last layer (" + std::to_string(il) + ") leaves no layer to steer");
+    }
+    const size_t width = size_t(shape_.n_embd);
+    if (direction.size() != width || center.size() != width) {
+        throw std::invalid_argument("a gate's direction and center need " + std::to_string(width) + " values, got " +
+                                    std::to_string(direction.size()) + " and " + std::to_string(center.size()));
+    }
+    if (!std::isfinite(threshold)) {
+        throw std::invalid_argument("a gate's threshold must be finite");
+    }
+    c.gate = Gate{il, direction, center, threshold};
+}
+
 void Engine::clear_adds(int32_t config) {
     for (auto & per_layer : live(config).adds) {
         for (auto & a : per_layer) {
@@ -370,10 +391,13 @@ const std::vector<int64_t> & Engine::counts(int32_t slot, Site site) const {
 
 void Engine::begin_decode(const llama_batch & batch, const std::vector<int32_t> & steer_rows,
                           const std::vector<int32_t> & record_rows, const std::vector<int32_t> & steer_configs,
-                          const std::vector<int32_t> & record_slots) {
+                          const std::vector<int32_t> & record_slots, const std::vector<int8_t> & steer_decide) {
     // checks first: a bad list throws before any state changes
     if (!steer_configs.empty() && steer_configs.size() != steer_rows.size()) {
         throw std::invalid_argument("one configuration per steered row is needed");
+    }
+    if (!steer_decide.empty() && steer_decide.size() != steer_rows.size()) {
+        throw std::invalid_argument("one gate flag per steered row is needed");
     }
     if (!record_slots.empty() && record_slots.size() != record_rows.size()) {
         throw std::invalid_argument("one accumulator slot per recorded row is needed");
@@ -383,6 +407,12 @@ void Engine::begin_decode(const llama_batch & batch, const std::vector<int32_t> 
     for (size_t i = 0; i < steer_rows.size(); ++i) {
         const int32_t c = steer_configs.empty() ? 0 : steer_configs[i];
         const Config & config = live(c);
+        const bool decides = !steer_decide.empty() && steer_decide[i] != 0;
+        if (decides && config.gate.layer < 0) {
+            throw std::invalid_argument("steered row " + std::to_string(steer_rows[i]) +
+                                        " is flagged to decide a gate, but its configuration has none");
+        }
+        steer = steer || decides;  // a gate is scored even when its configuration changes nothing
         if (!checked[size_t(c)]) {
             checked[size_t(c)] = 1;
             steer = steer || config.any();
@@ -405,6 +435,8 @@ void Engine::begin_decode(const llama_batch & batch, const std::vector<int32_t> 
         slot(s);
     }
     steer_configs_ = steer_configs.empty() ? std::vector<int32_t>(steer_rows.size(), 0) : steer_configs;
+    steer_decide_  = steer_decide.empty() ? std::vector<int8_t>(steer_rows.size(), 0) : steer_decide;
+    gate_scores_.assign(steer_rows.size(), std::numeric_limits<double>::quiet_NaN());
     record_slots_  = record_slots;
     failed_     = false;
     error_.clear();
@@ -504,8 +536,12 @@ bool Engine::wanted(const ggml_tensor * t, Site site, int32_t il) const {
     const int64_t rows = site == Site::expert ? t->ne[2] : t->ne[1];  // experts: [n_ff_exp, n_used, rows]
     if (steer_now_) {
         for (const Target & tg : ub.steer) {
-            if (configs_[size_t(steer_configs_[size_t(tg.slot)])].steers(site, il) &&
-                tensor_row(ub, tg, rows) != row_absent) {
+            const Config & c = configs_[size_t(steer_configs_[size_t(tg.slot)])];
+            const bool decides = steer_decide_[size_t(tg.slot)] != 0;
+            const bool gate_here = decides && site == Site::residual && il == c.gate.layer;
+            // a deciding row's layers at or below the gate are not steered: the decision comes after them
+            const bool edit = c.steers(site, il) && (!decides || il > c.gate.layer);
+            if ((gate_here || edit) && tensor_row(ub, tg, rows) != row_absent) {
                 return true;
             }
         }
@@ -584,10 +620,20 @@ bool Engine::process(ggml_tensor * t, Site site, int32_t il) {
             }
         }
     }
+    if (steer_now_ && site == Site::residual) {  // gates read the residual before any edit of this node
+        for (const Target & tg : ub.steer) {
+            const Config & c = configs_[size_t(steer_configs_[size_t(tg.slot)])];
+            if (steer_decide_[size_t(tg.slot)] != 0 && c.gate.layer == il) {
+                if (const float * x = row_of(tg)) {
+                    gate_scores_[size_t(tg.slot)] = gate_score(x, c.gate.direction.data(), c.gate.center.data(), width);
+                }
+            }
+        }
+    }
     if (steer_now_) {
         for (const Target & tg : ub.steer) {
             const Config & c = configs_[size_t(steer_configs_[size_t(tg.slot)])];
-            if (!c.steers(site, il)) {
+            if (!c.steers(site, il) || !gate_allows(tg, c, il)) {
                 continue;
             }
             float * x = row_of(tg);
@@ -605,6 +651,22 @@ bool Engine::process(ggml_tensor * t, Site site, int32_t il) {
         }
     }
     return !failed_;
+}
+
+bool Engine::gate_allows(const Target & tg, const Config & c, int32_t il) {
+    if (steer_decide_[size_t(tg.slot)] == 0) {
+        return true;
+    }
+    if (il <= c.gate.layer) {
+        return false;
+    }
+    const double score = gate_scores_[size_t(tg.slot)];
+    if (std::isnan(score)) {
+        fail("the gate of a steered row was not scored before layer " + std::to_string(il) + " (node l_out-" +
+             std::to_string(c.gate.layer) + " not computed first)");
+        return false;
+    }
+    return score >= double(c.gate.threshold);
 }
 
 // The expert site: t is the activation [n_ff_exp, n_expert_used, rows] that the experts' down
@@ -669,7 +731,7 @@ bool Engine::process_experts(ggml_tensor * t, int32_t il) {
     if (steer_now_) {
         for (const Target & tg : ub.steer) {
             const Config & c = configs_[size_t(steer_configs_[size_t(tg.slot)])];
-            if (!c.steers(Site::expert, il) || !load(tg, r)) {
+            if (!c.steers(Site::expert, il) || !gate_allows(tg, c, il) || !load(tg, r)) {
                 if (failed_) return false;
                 continue;
             }

@@ -27,9 +27,20 @@ namespace sadi {
 // One steering configuration: a' = a + delta_u * a on each masked unit u (a strength per unit:
 // one mask's delta, a mask weighted by its statistics, or several masks' deltas summed), then +
 // the added vector, per (site, layer).
+// A condition on the input: the cosine between (residual after layer `layer` - center) and
+// `direction` at a sequence's deciding row; the configuration steers that sequence only when the
+// score is >= threshold. layer -1: no gate.
+struct Gate {
+    int32_t layer = -1;
+    std::vector<float> direction;
+    std::vector<float> center;
+    float threshold = 0.0f;
+};
+
 struct Config {
     std::array<std::vector<std::vector<Range>>, n_sites> ranges;  // [site][layer], each with its delta
     std::array<std::vector<std::vector<float>>, n_sites> adds;    // [site][layer], empty: none
+    Gate gate;
 
     // True when this configuration changes (site, layer): a unit with delta != 0, or a vector.
     bool steers(Site site, int32_t il) const;
@@ -77,6 +88,11 @@ public:
     void clear_adds(int32_t config);
     // True when the configuration would change anything: a unit with delta != 0, or a vector to add.
     bool steering(int32_t config) const { return live(config).any(); }
+    // A gate on the configuration (direction and center n_embd wide, layer below the last), or none.
+    void set_gate(int32_t config, int32_t il, const std::vector<float> & direction, const std::vector<float> & center,
+                  float threshold);
+    void clear_gate(int32_t config) { live(config).gate = Gate(); }
+    int32_t gate_layer(int32_t config) const { return live(config).gate.layer; }
 
     // Recording: which sites, and what to keep of each recorded row.
     void set_record(Site site, bool on);
@@ -97,11 +113,16 @@ public:
     // Brackets one llama_decode of `batch`. Rows are batch rows, sorted and unique. steer_configs[i]
     // is the configuration of steer_rows[i] (empty: configuration 0 for every row); record_slots[i]
     // the accumulator slot of record_rows[i] (empty: the slot set by set_accumulate_slot).
+    // steer_decide[i] != 0: steer_rows[i] is where its configuration's gate decides (the score is
+    // read at the gate layer; layers above it are steered only if the gate fires, layers at or
+    // below it not at all on this row). Other steered rows are steered whatever the gate.
     void begin_decode(const llama_batch & batch, const std::vector<int32_t> & steer_rows,
                       const std::vector<int32_t> & record_rows, const std::vector<int32_t> & steer_configs = {},
-                      const std::vector<int32_t> & record_slots = {});
+                      const std::vector<int32_t> & record_slots = {}, const std::vector<int8_t> & steer_decide = {});
     // Ends the decode; returns the error the callback met, or "" when all went well.
     std::string end_decode();
+    // Per steered row of the last decode: its gate's score where it decided, NaN elsewhere.
+    const std::vector<double> & gate_scores() const { return gate_scores_; }
 
 private:
     struct Accumulator {
@@ -118,6 +139,8 @@ private:
     Accumulator & slot(int32_t index);
     bool process(ggml_tensor * t, Site site, int32_t il);
     bool process_experts(ggml_tensor * t, int32_t il);
+    // Whether the steered target's configuration edits layer il of it now (its gate allows it).
+    bool gate_allows(const Target & tg, const Config & c, int32_t il);
     // Keeps a recorded row x [width(site)] of layer il: captured, and added to its accumulator slot.
     void record_row(Site site, int32_t il, const Target & tg, const float * x);
     void check_layer(int32_t il) const;
@@ -159,6 +182,8 @@ private:
     int64_t capture_base_ = 0;
     std::vector<UbatchPlan> plans_;
     std::vector<int32_t> steer_configs_;  // per steer target slot
+    std::vector<int8_t> steer_decide_;    // per steer target slot: the gate decides here
+    std::vector<double> gate_scores_;     // per steer target slot: NaN until its gate scored
     std::vector<int32_t> record_slots_;   // per record target slot; empty: acc_slot_
     int32_t ubatch_ = -1;
     bool failed_ = false;

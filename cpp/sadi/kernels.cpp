@@ -1,6 +1,7 @@
 #include "sadi/kernels.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <stdexcept>
 #include <string>
 
@@ -53,6 +54,17 @@ void add_row(float * row, const float * add, int64_t n) {
     for (int64_t i = 0; i < n; ++i) {
         row[i] += add[i];
     }
+}
+
+double gate_score(const float * row, const float * direction, const float * center, int64_t n) {
+    double dot = 0.0, xx = 0.0, dd = 0.0;
+    for (int64_t i = 0; i < n; ++i) {
+        const double x = double(row[i]) - double(center[i]), d = double(direction[i]);
+        dot += x * d;
+        xx += x * x;
+        dd += d * d;
+    }
+    return xx > 0.0 && dd > 0.0 ? dot / std::sqrt(xx * dd) : 0.0;
 }
 
 void accumulate_row(double * sum, const float * row, int64_t n) {

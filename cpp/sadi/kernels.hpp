@@ -28,6 +28,10 @@ void scale_ranges(float * row, const std::vector<Range> & ranges);
 // A fixed vector added to a row: row[i] += add[i] (baselines: fixed vectors, CAA).
 void add_row(float * row, const float * add, int64_t n);
 
+// A gate's score: the cosine between (row - center) and direction, in double; 0 when row == center
+// or the direction is zero (no angle to measure).
+double gate_score(const float * row, const float * direction, const float * center, int64_t n);
+
 // sum[i] += row[i], in double so that long runs do not lose small differences.
 void accumulate_row(double * sum, const float * row, int64_t n);
 

@@ -117,6 +117,12 @@ void test_kernel() {
     sadi::accumulate_row(sum.data(), add, 3);
     CHECK(sum[0] == 1.5 && sum[1] == 0.0 && sum[2] == 3.0);
 
+    // gate score: cos(row - center, direction); (3,4)-(0,0) against (1,0) is 3/5, scale-free in the direction
+    const float grow[2] = {3.0f, 5.0f}, gcenter[2] = {0.0f, 1.0f}, gdir[2] = {2.0f, 0.0f}, gzero[2] = {0.0f, 0.0f};
+    CHECK(std::fabs(sadi::gate_score(grow, gdir, gcenter, 2) - 0.6) < 1e-12);
+    CHECK(sadi::gate_score(gcenter, gdir, gcenter, 2) == 0.0);  // the row at the center: no angle
+    CHECK(sadi::gate_score(grow, gzero, gcenter, 2) == 0.0);
+
     std::vector<float> shifted = {1.0f, 2.0f, -3.0f};
     sadi::add_row(shifted.data(), add, 3);
     CHECK(shifted[0] == 1.5f && shifted[1] == 1.0f && shifted[2] == -1.0f);

@@ -3,7 +3,7 @@ with the engine's lists of steered and recorded rows."""
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from sadi_cpp.errors import BadInputError
 
@@ -31,16 +31,18 @@ class RowLists(NamedTuple):
     steer_configs: List[int]
     record_rows: List[int]
     record_slots: List[int]
+    steer_decide: List[int]  # per steered row: 1 where it decides its sequence's gate
+    deciding: Dict[int, int]  # index in steer_rows -> the sequence whose gate it decides
 
 
-def fill(native: Any, rows: Sequence[BatchRow], outputs: Sequence[int], bound: Callable[[int], Optional[int]],
+def fill(native: Any, rows: Sequence[BatchRow], outputs: Sequence[int], plan: Callable[[int], Optional[Tuple[int, bool]]],
          n_seq_max: int, recording: bool) -> RowLists:
     """Write ``rows`` into the native llama_batch (``outputs``: the rows that produce logits) and
-    list the rows to steer (with the configuration ``bound`` gives their first sequence) and to
-    record (with their slot)."""
+    list the rows to steer (with the configuration ``plan`` gives their first sequence, and
+    whether the row decides its gate) and to record (with their slot)."""
     if list(outputs) != sorted(set(outputs)) or (outputs and not 0 <= outputs[0] <= outputs[-1] < len(rows)):
         raise BadInputError("logits rows must be ascending, unique row indices of the decode", field="logits")
-    lists = RowLists([], [], [], [])
+    lists = RowLists([], [], [], [], [], {})
     native.n_tokens = len(rows)
     for i, (tok, pos, seqs, steer, record) in enumerate(rows):
         if not 1 <= len(seqs) <= n_seq_max or not all(0 <= s < n_seq_max for s in seqs):
@@ -48,10 +50,16 @@ def fill(native: Any, rows: Sequence[BatchRow], outputs: Sequence[int], bound: C
         native.token[i], native.pos[i], native.n_seq_id[i], native.logits[i] = tok, pos, len(seqs), 0
         for k, s in enumerate(seqs):
             native.seq_id[i][k] = s
-        config = bound(seqs[0]) if steer else None
-        if config is not None:
+        how = plan(seqs[0]) if steer else None
+        if how is not None:
+            if how[1] and seqs[0] in lists.deciding.values():
+                raise BadInputError(f"row {i}: sequence {seqs[0]}'s gate decides at its first steered row; steer only one row "
+                                    "of a gated sequence in the decode that decides it", field="rows")
+            if how[1]:
+                lists.deciding[len(lists.steer_rows)] = seqs[0]
             lists.steer_rows.append(i)
-            lists.steer_configs.append(config)
+            lists.steer_configs.append(how[0])
+            lists.steer_decide.append(int(how[1]))
         if recording and record >= 0:
             if record >= MAX_SLOTS:
                 raise BadInputError(f"row {i}: accumulator slot {record} is outside 0..{MAX_SLOTS - 1}", field="record")

@@ -59,15 +59,19 @@ class HookedContext(internals.LlamaContext):
         """Llama.eval's decode of one sequence: the position policy picks the rows."""
         b = batch.batch
         steer_rows, record_rows = self._track.rows(b.pos[0] if b.n_tokens > 0 else 0, b.n_tokens, self.engine.steering(0))
-        self.decode_rows(b, steer_rows, record_rows)
-        if steer_rows:
+        steer_rows, decides = self._track.gate_rows(steer_rows)
+        self.decode_rows(b, steer_rows, record_rows, steer_decide=[1] if decides else [])
+        if decides:
+            self._track.decided(float(self.engine.gate_scores()[0]))
+        if steer_rows and (not decides or self._track.gate_result is not None and self._track.gate_result.fired):
             self._track.mark_steered(b.pos[steer_rows[0]])
 
     def decode_rows(self, batch: Any, steer_rows: List[int], record_rows: List[int], steer_configs: Sequence[int] = (),
-                    record_slots: Sequence[int] = ()) -> None:
+                    record_slots: Sequence[int] = (), steer_decide: Sequence[int] = ()) -> None:
         """llama_decode a native batch with the engine steering and recording the given rows
         (steer_configs: each steered row's configuration, none given: configuration 0;
-        record_slots: each recorded row's accumulator slot, none given: the recording's slot)."""
+        record_slots: each recorded row's accumulator slot, none given: the recording's slot;
+        steer_decide: 1 where a steered row decides its configuration's gate)."""
         with self._exclusive():
             # Recorded rows become output rows for this decode, so that layers which keep output
             # rows only (the last one) still hold them. Sampling reads the last output, which stays last.
@@ -76,7 +80,8 @@ class HookedContext(internals.LlamaContext):
             for r in extra:
                 flags[r] = 1
             try:
-                self.engine.begin_decode(ctypes.addressof(batch), steer_rows, record_rows, list(steer_configs), list(record_slots))
+                self.engine.begin_decode(ctypes.addressof(batch), steer_rows, record_rows, list(steer_configs), list(record_slots),
+                                         list(steer_decide))
                 rc = llama_cpp.llama_decode(self.ctx, batch)
                 error = self.engine.end_decode()
             finally:

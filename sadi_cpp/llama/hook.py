@@ -35,7 +35,8 @@ from sadi_cpp.llama.install import Installed, one_thread
 from sadi_cpp.llama.recording import Recording
 from sadi_cpp.llama.runtime import load_core
 from sadi_cpp.models import resolve_model
-from sadi_cpp.positions import DEFAULT_POLICY, check_policy
+from sadi_cpp.gate import Gate, GateResult
+from sadi_cpp.positions import DEFAULT_POLICY, check_gated, check_policy
 from sadi_cpp.sites import RECORD_SITES, SITES, check_site
 from sadi_cpp.steering import Steering, as_steering
 
@@ -113,18 +114,22 @@ class Hook(Installed):
     # ---- steering ----
 
     @contextlib.contextmanager
-    def steering(self, mask: Any = None, delta: float = 0.0, positions: str = DEFAULT_POLICY, add: Any = None) -> Iterator["Hook"]:
+    def steering(self, mask: Any = None, delta: float = 0.0, positions: str = DEFAULT_POLICY, add: Any = None,
+                 gate: Optional[Gate] = None) -> Iterator["Hook"]:
         """Within the block, a' = a + delta * a on the masked units at the policy's positions.
 
         ``mask``: a :class:`~sadi_cpp.steering.Steering`, or its parts: a mapping from a site to a
         bool array [n_layer, n_units(site)] (or an object with ``units()``, e.g. a loaded SADI
         mask), with ``delta`` and ``add`` (site -> float vectors [n_layer, width(site)] added to
-        the same rows after the scaling: the fixed-vector and CAA baselines). When the block ends,
+        the same rows after the scaling: the fixed-vector and CAA baselines). ``gate`` (a
+        :class:`~sadi_cpp.gate.Gate`): steer a prompt only when the gate fires on its last token
+        (:attr:`gate_result` says what it decided); layers at or below the gate's are then not
+        steered on that token, which the decision comes after. When the block ends,
         the steering that was in force before it is back (none, or an outer block's) and the KV
         cache entries the block's configuration touched are dropped.
         """
         before = self._steering
-        self.set_steering(mask, delta, positions, add=add)
+        self.set_steering(mask, delta, positions, add=add, gate=gate)
         try:
             yield self
         finally:
@@ -134,17 +139,21 @@ class Hook(Installed):
                 self.set_steering(before[0], positions=before[1])
 
     @one_thread
-    def set_steering(self, mask: Any = None, delta: float = 0.0, positions: str = DEFAULT_POLICY, add: Any = None) -> None:
+    def set_steering(self, mask: Any = None, delta: float = 0.0, positions: str = DEFAULT_POLICY, add: Any = None,
+                     gate: Optional[Gate] = None) -> None:
         """Turn steering on until :meth:`clear_steering` (the manual form of :meth:`steering`)."""
         self._live()
         check_policy(positions)
-        steering = as_steering(mask, delta, add)
+        steering = as_steering(mask, delta, add, gate)
+        check_gated(positions, steering.gate is not None)
         try:
             self._configs.write(0, steering)
         except BaseException:
             self._steering = None
+            self._track.gate = self._track.gate_result = None
             raise
         self._track.steer_policy = positions
+        self._track.gate, self._track.gate_result = steering.gate, None
         self._steering = (steering, positions)
         self._invalidate()
 
@@ -153,7 +162,13 @@ class Hook(Installed):
         """Steer nothing; safe on a detached hook (it touches only the engine's own state)."""
         self._configs.clear(0)
         self._steering = None
+        self._track.gate = self._track.gate_result = None
         self._invalidate()
+
+    @property
+    def gate_result(self) -> Optional[GateResult]:
+        """What the steering's gate decided on the last prompt (None: no gate, or no prompt since it was set)."""
+        return self._track.gate_result
 
     @property
     def steers(self) -> bool:
@@ -166,7 +181,9 @@ class Hook(Installed):
     def configure(self, name: str, mask: Any = None, delta: float = 0.0, add: Any = None) -> str:
         """Register (or replace) the steering configuration ``name`` (a Steering, or its parts as
         for :meth:`steering`). It acts in :meth:`decode` on the steered rows of the sequences
-        :meth:`bind` binds to it. Many configurations live in the engine at once."""
+        :meth:`bind` binds to it. Many configurations live in the engine at once. With a gate, a
+        sequence's first steered row decides it (:meth:`gate`), and its later steered rows are
+        steered only if it fired."""
         self._live()
         return self._configs.configure(name, as_steering(mask, delta, add))
 
@@ -202,9 +219,18 @@ class Hook(Installed):
         if self._batch is None:
             self._batch = internals.LlamaBatch(n_tokens=self.n_batch, embd=0, n_seq_max=self.n_seq_max, verbose=False)
         native = self._batch.batch
-        lists = batches.fill(native, rows, list(logits), self._configs.bound, self.n_seq_max, self._track.record_policy is not None)
-        self._ctx.decode_rows(native, lists.steer_rows, lists.record_rows, lists.steer_configs, lists.record_slots)
+        lists = batches.fill(native, rows, list(logits), self._configs.plan, self.n_seq_max, self._track.record_policy is not None)
+        self._ctx.decode_rows(native, lists.steer_rows, lists.record_rows, lists.steer_configs, lists.record_slots,
+                              lists.steer_decide)
+        if lists.deciding:
+            scores = self.engine.gate_scores()
+            for k, seq in lists.deciding.items():
+                self._configs.decided(seq, float(scores[k]))
         return self._ctx.logits_rows(list(logits), self.n_vocab)
+
+    def gate(self, seq: int) -> Optional[GateResult]:
+        """The gate decision of sequence ``seq`` since it was last bound (None: no gate, or not decided yet)."""
+        return self._configs.decision(seq)
 
     # ---- recording ----
 
