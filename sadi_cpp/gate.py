@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
 import numpy as np
 
 from sadi_cpp.errors import BadInputError
-from sadi_cpp.sites import Shape
+
+if TYPE_CHECKING:  # annotations only
+    from sadi_cpp.sites import Shape
 
 
 def _vector(values: Any, what: str) -> np.ndarray:

@@ -245,9 +245,11 @@ def load_masks(paths: Sequence[Any], deltas: Optional[Sequence[float]], top_k: O
     return [(m, m.delta if not deltas else float(d)) for m, d in zip(masks, deltas or [None] * len(masks))]
 
 
-def steering_of(parts: List[Tuple[Any, float]], hook: Any, weighting: str) -> Any:
+def steering_of(parts: List[Tuple[Any, float]], hook: Any, weighting: str, gate: Any = None) -> Any:
     """The Steering of the masks (each checked against the model; a note where one was built on
-    another quantization of it): one mask as it is, several composed."""
+    another quantization of it): one mask as it is, several composed; ``gate`` (a loaded Gate,
+    checked against the model too) gates it."""
+    from sadi_cpp.masks.gate_file import gate_fits
     from sadi_cpp.steering import Steering
 
     made = []
@@ -256,7 +258,19 @@ def steering_of(parts: List[Tuple[Any, float]], hook: Any, weighting: str) -> An
         if note:
             err.print(f"note: {note}", soft_wrap=True)
         made.append(Steering(m.units(), delta, weights=m.weights(weighting)))
-    return made[0] if len(made) == 1 else Steering.compose(made)
+    if gate is not None:
+        note = gate_fits(gate, hook)
+        if note:
+            err.print(f"note: {note}", soft_wrap=True)
+    return Steering(made[0].mask, made[0].delta, weights=made[0].weights, gate=gate) if len(made) == 1 else Steering.compose(made, gate=gate)
+
+
+def gate_line(result: Any, gate: Any) -> str:
+    """What a gate decided, in words (result: a GateResult or None)."""
+    if result is None:
+        return "gate: not scored (no prompt token was steered)"
+    verdict = "fired: the output is steered" if result.fired else "did not fire: the output is unsteered"
+    return f"gate {gate.name or ''}: score {result.score:.4f} {'>=' if result.fired else '<'} threshold {gate.threshold:.4f}, {verdict}"
 
 
 def tuned_line(tuned: Any) -> str:

@@ -33,6 +33,7 @@ def eval_cmd(
     alpha: Annotated[Optional[float], typer.Option("--alpha", help="fixed/caa: scale of the added vector (default: fixed, the scale tune chose on dev; caa, 1: the vector as stored).")] = None,
     top_k: Annotated[Optional[int], typer.Option("--top-k", help="Another K from the mask's table.")] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed of --method random.")] = 0,
+    gate: Annotated[Optional[Path], typer.Option("--gate", help="sadi: gate sidecar from build-gate; each item is steered only if the gate fires on its prompt.")] = None,
     positions: Positions = "last",
     norm: Norm = False,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Use the first N items only.")] = None,
@@ -44,14 +45,20 @@ def eval_cmd(
     """Accuracy unsteered and steered on the same items, the paired difference with a 95% interval."""
     from sadi_cpp.data.mcdata import read_mc
     from sadi_cpp.evaluation.evaluate import evaluate
-    from sadi_cpp.positions import check_policy
+    from sadi_cpp.masks.gate_file import load_gate
+    from sadi_cpp.positions import check_gated, check_policy
 
-    check_policy(positions)
+    check_gated(check_policy(positions), gate is not None)
     check_method(method, mask, cvec, delta, alpha)
+    if gate is not None and method != "sadi":
+        raise BadInputError("--gate gates a SADI steering (--method sadi)")
     parts = load_masks(mask, delta, top_k, weighting) if mask else []
+    gated = load_gate(gate) if gate is not None else None
     items = read_mc(data, limit)
     hook = load_model(model, n_ctx, threads)
-    config, info = from_files(hook, method, mask, parts, cvec, alpha, seed, weighting)
+    config, info = from_files(hook, method, mask, parts, cvec, alpha, seed, weighting, gated)
+    if gated is not None:
+        info["gate"] = {"file": str(gate), "layer": gated.layer, "threshold": gated.threshold}
     with progress_bar("items", len(items), quiet, plain=as_json) as step:
         result = evaluate(hook, items, config, positions=positions, normalize=norm, progress=step)
     report = dict(info, data=str(data), positions=positions, normalize=norm, **result.as_dict())
@@ -65,6 +72,8 @@ def eval_cmd(
     table.add_row("steered", f"{result.acc:.3f}", interval(result.ci))
     table.add_row("difference", f"{result.diff:+.3f}", interval(result.diff_ci))
     out.print(table)
+    if result.gate_fired is not None:
+        out.print(f"gate fired on {result.gate_fired} of {len(items)} items (the others were scored unsteered)", highlight=False)
     verdict = "outside the noise" if result.significant else "within the noise (the interval holds 0)"
     out.print(f"answers gained {result.gained} (wrong to right), lost {result.lost} (right to wrong); "
               f"the difference is {verdict}", highlight=False)
@@ -216,7 +225,7 @@ def check_method(method: str, mask: Optional[List[Path]], cvec: Optional[Path], 
 
 
 def from_files(hook: Any, method: str, paths: Optional[List[Path]], parts: List[Tuple[Any, float]], cvec_path: Optional[Path],
-               alpha: Optional[float], seed: int, weighting: str = "uniform") -> Tuple[Any, Dict[str, Any]]:
+               alpha: Optional[float], seed: int, weighting: str = "uniform", gate: Any = None) -> Tuple[Any, Dict[str, Any]]:
     """The steering ``eval`` compares with the baseline: ``method`` on mask sidecars (sadi: one, or
     several composed; fixed, random: one) or a control vector (caa). ``parts``: each mask with its
     delta (load_masks). ``alpha`` scales the added vector of fixed (default: the scale tune chose
@@ -235,7 +244,7 @@ def from_files(hook: Any, method: str, paths: Optional[List[Path]], parts: List[
     info: Dict[str, Any] = {"method": method, "mask": str(paths[0]), "site": m.site, "top_k": m.top_k,
                             "tuned_improves": m.tuned_record.improves if m.tuned_record else None}
     if method == "sadi":
-        steering = steering_of(parts, hook, weighting)
+        steering = steering_of(parts, hook, weighting, gate)
         if len(parts) > 1:
             info["masks"] = [{"mask": str(p), "site": mm.site, "top_k": mm.top_k, "delta": dd} for p, (mm, dd) in zip(paths, parts)]
         return steering, dict(info, delta=d, weighting=weighting)

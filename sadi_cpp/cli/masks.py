@@ -12,8 +12,8 @@ from rich.table import Table
 from typing_extensions import Annotated
 
 from sadi_cpp.cli.common import (
-    JsonOut, Model, ModelArg, NCtx, NoCache, Site, Threads, app, errors, load_masks, load_model, one_model, out, plain, progress_bar,
-    steering_of, tuned_line, units_table,
+    JsonOut, Model, ModelArg, NCtx, NoCache, Site, Threads, app, err, errors, gate_line, load_masks, load_model, one_model, out, plain,
+    progress_bar, steering_of, tuned_line, units_table,
 )
 from sadi_cpp.files import check_output
 
@@ -81,6 +81,7 @@ def generate(
     top_k: Annotated[Optional[int], typer.Option("--top-k", help="Use another K from the mask's stored table (one mask only).")] = None,
     weighting: Annotated[str, typer.Option("--weighting", help="uniform (every masked unit gets delta) or mean-diff (delta scaled by each unit's |mean difference| over the strongest's).")] = "uniform",
     positions: Annotated[Optional[str], typer.Option("--positions", help="last | last+generated | all (default: the mask's).")] = None,
+    gate: Annotated[Optional[Path], typer.Option("--gate", help="Gate sidecar from build-gate: steer only if it fires on the prompt.")] = None,
     chat: Annotated[bool, typer.Option("--chat", help="Wrap the prompt in the model's chat template (tokenizer.chat_template).")] = False,
     chat_format: Annotated[Optional[str], typer.Option("--chat-format", help="Use this llama-cpp-python chat format instead (e.g. gemma, chatml); implies --chat.")] = None,
     compare: Annotated[bool, typer.Option("--compare", help="Print the unsteered and the steered output side by side.")] = False,
@@ -94,12 +95,14 @@ def generate(
 ) -> None:
     """Generate text with the model steered by a SADI mask (streams tokens)."""
     from sadi_cpp.llama.chat import choose_chat, stream_text
-    from sadi_cpp.positions import check_policy
+    from sadi_cpp.masks.gate_file import load_gate
+    from sadi_cpp.positions import check_gated, check_policy
 
     parts = load_masks(mask, delta, top_k, weighting)
-    policy = check_policy(positions or parts[0][0].positions)
+    gated = load_gate(gate) if gate is not None else None
+    policy = check_gated(check_policy(positions or parts[0][0].positions), gated is not None)
     hook = load_model(model, n_ctx, threads)
-    steering = steering_of(parts, hook, weighting)
+    steering = steering_of(parts, hook, weighting, gated)
     use_chat = choose_chat(hook, chat, chat_format)
     stream = not (compare or as_json)
 
@@ -117,11 +120,15 @@ def generate(
     unsteered = run() if compare or as_json else None
     with hook.steering(steering, positions=policy):
         steered = run()
+        decision = hook.gate_result
     first, d = parts[0]
     described = [{"mask": str(p), "site": m.site, "top_k": m.top_k, "delta": dd} for p, (m, dd) in zip(mask, parts)]
     if as_json:
         out.print_json(json.dumps({"prompt": prompt, "delta": d, "site": first.site, "top_k": first.top_k, "masks": described,
-                                   "weighting": weighting, "positions": policy, "unsteered": unsteered, "steered": steered}))
+                                   "weighting": weighting, "positions": policy, "unsteered": unsteered, "steered": steered,
+                                   "gate": None if gated is None else {"file": str(gate), "layer": gated.layer, "threshold": gated.threshold,
+                                                                        **(decision.as_dict() if decision else {"score": None, "fired": None})}}))
+        return
     elif compare:
         table = Table(show_lines=True)
         table.add_column("unsteered")
@@ -130,6 +137,8 @@ def generate(
         table.add_column(f"steered ({title}{', mean-diff weights' if weighting != 'uniform' else ''})")
         table.add_row(unsteered, steered)
         out.print(table)
+    if gated is not None:
+        err.print(plain(gate_line(decision, gated)), soft_wrap=True)
 
 
 @app.command()

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Optional, Sequence, Union
 
+import numpy as np
+
 from sadi_cpp.data.mcdata import MCItem, read_mc
 from sadi_cpp.evaluation.interventions import BASELINE
 from sadi_cpp.evaluation.stats import Paired, paired
@@ -30,6 +32,7 @@ class Evaluation(Paired):
 
     base_answers: Optional[AnswerBias] = None
     answers: Optional[AnswerBias] = None
+    gate_fired: Optional[int] = None  # items on which the steering's gate fired (None: no gate)
 
 
 def evaluate(
@@ -47,5 +50,6 @@ def evaluate(
     correct = scores.correct(normalize)
     predictions = scores.predictions(normalize)
     n_choices = scores.logprob.shape[2]
+    fired = None if steering.gate is None else int(np.nansum(scores.fired[1]))
     return Evaluation(**vars(paired(correct[0], correct[1])), base_answers=answer_bias(predictions[0], n_choices),
-                      answers=answer_bias(predictions[1], n_choices))
+                      answers=answer_bias(predictions[1], n_choices), gate_fired=fired)

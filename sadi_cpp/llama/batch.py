@@ -32,7 +32,7 @@ class RowLists(NamedTuple):
     record_rows: List[int]
     record_slots: List[int]
     steer_decide: List[int]  # per steered row: 1 where it decides its sequence's gate
-    deciding: Dict[int, int]  # index in steer_rows -> the sequence whose gate it decides
+    deciding: Dict[int, Tuple[int, ...]]  # index in steer_rows -> the sequences whose gate it decides (the row's)
 
 
 def fill(native: Any, rows: Sequence[BatchRow], outputs: Sequence[int], plan: Callable[[int], Optional[Tuple[int, bool]]],
@@ -52,11 +52,11 @@ def fill(native: Any, rows: Sequence[BatchRow], outputs: Sequence[int], plan: Ca
             native.seq_id[i][k] = s
         how = plan(seqs[0]) if steer else None
         if how is not None:
-            if how[1] and seqs[0] in lists.deciding.values():
+            if how[1] and any(seqs[0] in d for d in lists.deciding.values()):
                 raise BadInputError(f"row {i}: sequence {seqs[0]}'s gate decides at its first steered row; steer only one row "
                                     "of a gated sequence in the decode that decides it", field="rows")
             if how[1]:
-                lists.deciding[len(lists.steer_rows)] = seqs[0]
+                lists.deciding[len(lists.steer_rows)] = tuple(seqs)
             lists.steer_rows.append(i)
             lists.steer_configs.append(how[0])
             lists.steer_decide.append(int(how[1]))

@@ -224,8 +224,9 @@ class Hook(Installed):
                               lists.steer_decide)
         if lists.deciding:
             scores = self.engine.gate_scores()
-            for k, seq in lists.deciding.items():
-                self._configs.decided(seq, float(scores[k]))
+            for k, seqs in lists.deciding.items():
+                for seq in seqs:  # a shared row decides for every sequence it belongs to
+                    self._configs.decided(seq, float(scores[k]))
         return self._ctx.logits_rows(list(logits), self.n_vocab)
 
     def gate(self, seq: int) -> Optional[GateResult]:

@@ -47,8 +47,10 @@ def score_batched(
     positions: str,
     logprob: np.ndarray,
     progress: Optional[Callable[[int], None]] = None,
+    fired: Optional[np.ndarray] = None,
 ) -> None:
-    """Fill ``logprob[c, i, j]`` for the items' (prompt, continuations) ``tokens``."""
+    """Fill ``logprob[c, i, j]`` for the items' (prompt, continuations) ``tokens`` (and ``fired[c, i]``
+    for configurations with a gate: whether it fired on item i)."""
     shared = positions != "all"
     steer_conts = positions != "last"  # choices count as generated tokens
     names: List[Optional[str]] = []
@@ -67,7 +69,7 @@ def score_batched(
         def flush() -> None:
             nonlocal used_rows, used_seqs
             if plan:
-                _decode(hook, plan, names, shared, steer_conts, logprob)
+                _decode(hook, plan, names, shared, steer_conts, logprob, fired)
                 for i, item in plan.items():
                     left[i] -= len(item.configs)
                     if left[i] == 0 and progress is not None:
@@ -100,19 +102,21 @@ def score_batched(
 
 
 def _decode(hook: Hook, plan: Dict[int, _Item], names: List[Optional[str]], shared: bool, steer_conts: bool,
-            logprob: np.ndarray) -> None:
+            logprob: np.ndarray, fired: Optional[np.ndarray] = None) -> None:
     """One decode of the planned (item, configuration) pairs; scatter their log-probabilities."""
     rows: List[BatchRow] = []
     outputs: List[int] = []
     # what each output row scores: (config, item, choice, token index within the choice)
     scored: List[List[Tuple[int, int, int, int]]] = []
     next_seq = 0
+    seqs_first: Dict[Tuple[int, int], int] = {}
     for i, item in plan.items():
         prompt, conts = item.prompt, item.conts
         L = len(prompt)
         seqs_of: Dict[int, Tuple[int, ...]] = {}
         for c in item.configs:
             seqs_of[c] = tuple(range(next_seq, next_seq + item.n_seqs()))
+            seqs_first[(i, c)] = next_seq
             next_seq += item.n_seqs()
             for s in seqs_of[c]:
                 hook.bind(s, names[c])
@@ -134,6 +138,12 @@ def _decode(hook: Hook, plan: Dict[int, _Item], names: List[Optional[str]], shar
                     scored.append([(c, i, j, k + 1)])
     hook.kv_clear()
     logits = hook.decode(rows, outputs)
+    if fired is not None:
+        for i, item in plan.items():
+            for c in item.configs:
+                decision = hook.gate(seqs_first[(i, c)])
+                if decision is not None:
+                    fired[c, i] = float(decision.fired)
     norms = log_normalizer(logits)[:, 0]
     for r, targets in enumerate(scored):
         for c, i, j, k in targets:

@@ -22,7 +22,7 @@ import numpy as np
 
 from sadi_cpp.data.mcdata import MCItem
 from sadi_cpp.errors import BadInputError
-from sadi_cpp.positions import DEFAULT_POLICY, check_policy
+from sadi_cpp.positions import DEFAULT_POLICY, check_gated, check_policy
 from sadi_cpp.scoring.batched import score_batched
 from sadi_cpp.scoring.sequential import score_sequential
 from sadi_cpp.steering import Steering
@@ -34,12 +34,14 @@ if TYPE_CHECKING:  # annotations only: the hook is handed in, never made here
 @dataclass
 class Scores:
     """logprob[c, i, j]: summed log-probability of choice j of item i under configuration c
-    (NaN past an item's last choice); n_tokens[i, j]: the choice's token count."""
+    (NaN past an item's last choice); n_tokens[i, j]: the choice's token count; fired[c, i]: 1 or
+    0 where configuration c's gate fired or not on item i, NaN for configurations without a gate."""
 
     names: List[str]
     logprob: np.ndarray
     n_tokens: np.ndarray
     labels: np.ndarray
+    fired: Optional[np.ndarray] = None
 
     def predictions(self, normalize: bool = False) -> np.ndarray:
         """[n_configs, n_items] index of the highest-scoring choice (``normalize``: per token)."""
@@ -83,18 +85,22 @@ def score_items(
     module docstring's way; kept as the reference the batched path is checked against). The two
     differ only by rounding: llama.cpp's results depend a little on how rows are grouped into
     decodes (docs/eval.md)."""
-    check_policy(positions)
+    check_gated(check_policy(positions), any(cfg.gate is not None for cfg in configs))
     if not items:
         raise BadInputError("no items to score")
     n_choices = max(len(it.choices) for it in items)
     logprob = np.full((len(configs), len(items), n_choices), np.nan)
+    fired = np.full((len(configs), len(items)), np.nan)
     n_tokens = np.ones((len(items), n_choices))
     tokens = [_tokens(hook, item) for item in items]  # every item checked before any decode
     for i, (_, conts) in enumerate(tokens):
         for j, c in enumerate(conts):
             n_tokens[i, j] = len(c)
-    if batched:
-        score_batched(hook, tokens, configs, positions, logprob, progress)
+    # A gate decides at the last prompt token; under last+generated the choices' rows, in the
+    # same decode in the batched path, would need its decision before it exists: score those
+    # one configuration at a time, where the prompt's last token is decoded first.
+    if batched and not (positions != "last" and any(cfg.gate is not None for cfg in configs)):
+        score_batched(hook, tokens, configs, positions, logprob, progress, fired)
     else:
-        score_sequential(hook, tokens, configs, positions, logprob, progress)
-    return Scores([cfg.name for cfg in configs], logprob, n_tokens, np.array([it.label for it in items]))
+        score_sequential(hook, tokens, configs, positions, logprob, progress, fired)
+    return Scores([cfg.name for cfg in configs], logprob, n_tokens, np.array([it.label for it in items]), fired)

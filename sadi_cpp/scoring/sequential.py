@@ -40,8 +40,10 @@ def _score_choices(hook: Hook, prompt: List[int], conts: List[List[int]]) -> Lis
 
 
 def score_sequential(hook: Hook, tokens: Sequence[Tuple[List[int], List[List[int]]]], configs: Sequence[Steering],
-                     positions: str, logprob: np.ndarray, progress: Optional[Callable[[int], None]]) -> None:
-    """Fill ``logprob[c, i, j]`` for the items' (prompt, continuations) ``tokens``."""
+                     positions: str, logprob: np.ndarray, progress: Optional[Callable[[int], None]],
+                     fired: Optional[np.ndarray] = None) -> None:
+    """Fill ``logprob[c, i, j]`` for the items' (prompt, continuations) ``tokens`` (and ``fired[c, i]``
+    where configuration c has a gate)."""
     for i, (prompt, conts) in enumerate(tokens):
         # Every configuration sees the prompt split the same way: all but the last token in one
         # decode, then the last token alone. llama.cpp's logits depend on the split (docs/eval.md).
@@ -58,5 +60,7 @@ def score_sequential(hook: Hook, tokens: Sequence[Tuple[List[int], List[List[int
                 prefix_ready = True
             with hook.steering(config, positions=positions):
                 logprob[c, i, : len(conts)] = _score_choices(hook, prompt, conts)
+                if fired is not None and hook.gate_result is not None:
+                    fired[c, i] = float(hook.gate_result.fired)
         if progress is not None:
             progress(1)

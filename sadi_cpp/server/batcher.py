@@ -20,7 +20,7 @@ import numpy as np
 from sadi_cpp.errors import BadInputError, SadiError
 from sadi_cpp.llama.batch import BatchRow
 from sadi_cpp.scoring.logprob import log_softmax
-from sadi_cpp.server.jobs import Failed, Finished, Job, Piece, QueueFull, TokenInfo
+from sadi_cpp.server.jobs import Failed, Finished, Gated, Job, Piece, QueueFull, TokenInfo
 from sadi_cpp.server.sampling import PENALTY_LAST_N, next_token, top_logprobs
 
 if TYPE_CHECKING:  # annotations only: the hook is handed in, never made here
@@ -214,6 +214,10 @@ class Batcher:
                     self._release(job)
             return
         for job, row in zip(owners, logits):
+            if not job.generated and job.steer is not None and job.steer.steering.gate is not None:
+                decided = self.hook.gate(job.seq)  # the prompt's last token was in this decode
+                if decided is not None:
+                    job.sink(Gated(decided))
             try:
                 done = self._advance(job, row)
             except Exception as e:

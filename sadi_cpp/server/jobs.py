@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Callable, List, Optional, Tuple
 import numpy as np
 
 from sadi_cpp.errors import SadiError
+from sadi_cpp.gate import GateResult
 
 if TYPE_CHECKING:  # annotations only
     from sadi_cpp.server.mask_library import Steer
@@ -50,7 +51,14 @@ class Failed:
     message: str
 
 
-Event = Any  # Piece | Finished | Failed
+@dataclass
+class Gated:
+    """What the request's gate decided on its prompt (sent before the first piece of text)."""
+
+    result: GateResult
+
+
+Event = Any  # Piece | Finished | Failed | Gated
 
 
 @dataclass

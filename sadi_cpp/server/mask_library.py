@@ -1,5 +1,5 @@
-"""The masks a server offers: every ``*.sadi.gguf`` in one folder that fits the loaded model,
-named by its file name without ``.sadi.gguf``; the others are reported with the reason."""
+"""The masks and gates a server offers: every ``*.sadi.gguf`` in one folder that fits the loaded
+model, named by its file name without ``.sadi.gguf``; the others are reported with the reason."""
 
 from __future__ import annotations
 
@@ -8,9 +8,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from sadi_cpp.errors import BadInputError, SadiError
+from sadi_cpp.gate import Gate, GateResult
 from sadi_cpp.masks.fingerprint import fit, hook_fingerprint
+from sadi_cpp.masks.gate_file import load_gate
 from sadi_cpp.masks.mask import SadiMask
-from sadi_cpp.positions import check_policy
+from sadi_cpp.masks.sidecar import kind_of
+from sadi_cpp.positions import check_gated, check_policy
 from sadi_cpp.steering import Steering
 
 if TYPE_CHECKING:  # annotations only: the hook is handed in, never made here
@@ -30,11 +33,14 @@ class Part:
     top_k: int
     delta: float
     weighting: str = "uniform"
+    gate: Optional[str] = None  # the gate this object of the request named
 
-    def describe(self) -> Dict[str, Any]:
+    def describe(self, decided: Optional[GateResult] = None) -> Dict[str, Any]:
         out: Dict[str, Any] = {"mask": self.mask, "top_k": self.top_k, "delta": self.delta}
         if self.weighting != "uniform":
             out["weighting"] = self.weighting
+        if self.gate is not None:  # score and fired are null until the prompt's last token is decoded
+            out["gate"] = {"name": self.gate, **(decided.as_dict() if decided else {"score": None, "fired": None})}
         return out
 
 
@@ -53,17 +59,19 @@ class Steer:
         """Requests with the same key share one engine configuration."""
         return self.parts
 
-    def describe(self) -> Any:
-        """The steering as the response reports it: the request's object, or its list."""
+    def describe(self, decided: Optional[GateResult] = None) -> Any:
+        """The steering as the response reports it: the request's object, or its list; where the
+        request named the gate, its decision (``decided``) is reported there."""
         if not self.composed:
-            return {**self.parts[0].describe(), "positions": self.positions}
-        return [{**p.describe(), "positions": self.positions} for p in self.parts]
+            return {**self.parts[0].describe(decided), "positions": self.positions}
+        return [{**p.describe(decided), "positions": self.positions} for p in self.parts]
 
 
 class MaskLibrary:
     def __init__(self, masks: Dict[str, SadiMask], skipped: List[Tuple[str, str]], folder: Optional[Path] = None,
-                 notes: Optional[List[Tuple[str, str]]] = None):
+                 notes: Optional[List[Tuple[str, str]]] = None, gates: Optional[Dict[str, Gate]] = None):
         self.masks = masks
+        self.gates = gates or {}
         self.skipped = skipped  # (file name, why it was not loaded)
         self.folder = folder
         self.notes = notes or []  # (file name, what differs but was accepted)
@@ -75,27 +83,34 @@ class MaskLibrary:
             raise BadInputError(f"{folder}: no such folder of masks (a folder holding *.sadi.gguf files)", field="masks")
         have = hook_fingerprint(hook)
         masks: Dict[str, SadiMask] = {}
+        gates: Dict[str, Gate] = {}
         skipped: List[Tuple[str, str]] = []
         notes: List[Tuple[str, str]] = []
         for path in sorted(folder.glob("*" + SUFFIX)):
             name = path.name[: -len(SUFFIX)]
             try:
-                mask = SadiMask.load(path)
+                item: Any = load_gate(path) if kind_of(path) == "gate" else SadiMask.load(path)
+                result = fit(item.model, have)
+                if not result.problem and isinstance(item, Gate):
+                    item.check_shape(hook.shape)
             except (SadiError, OSError) as e:
                 skipped.append((path.name, str(e)))
                 continue
-            result = fit(mask.model, have)
             if result.problem:
                 skipped.append((path.name, f"made for another model ({result.problem})"))
-            elif hook.site_problem(mask.site):
-                skipped.append((path.name, hook.site_problem(mask.site)))
+            elif isinstance(item, SadiMask) and hook.site_problem(item.site):
+                skipped.append((path.name, hook.site_problem(item.site)))
             else:
-                masks[name] = mask
+                (gates if isinstance(item, Gate) else masks)[name] = item
                 if result.note:
                     notes.append((path.name, result.note))
-        return cls(masks, skipped, folder, notes)
+        return cls(masks, skipped, folder, notes, gates)
 
     def describe(self, name: str) -> Dict[str, Any]:
+        if name in self.gates:
+            g = self.gates[name]
+            return {"id": name, "object": "sadi.gate", "layer": g.layer, "threshold": g.threshold, "n_pairs": g.n_pairs,
+                    "pairs_sha256": g.pairs_sha256, "model": dict(g.model)}
         m = self.masks[name]
         return {
             "id": name, "object": "sadi.mask", "site": m.site, "top_k": m.top_k, "delta": m.delta,
@@ -124,18 +139,29 @@ class MaskLibrary:
         if len(asked) > 1:
             raise BadInputError(f"one position policy for all the masks of a request, got {sorted(map(str, asked))}", field="positions")
         positions = check_policy(asked.pop() if asked else self.masks[parts[0][0].mask].positions)
+        named = {p.gate for p, _ in parts if p.gate is not None}  # type: ignore[misc]
+        if len(named) > 1:
+            raise BadInputError(f"one gate for the whole steering, got {sorted(named)}", field="gate")
+        gate = self.gates[named.pop()] if named else None
+        check_gated(positions, gate is not None)
         steerings = [made for _, made in parts]  # type: ignore[misc]
-        steering = steerings[0] if len(steerings) == 1 else Steering.compose(steerings)
+        steering = Steering.compose(steerings, gate=gate) if len(steerings) > 1 or gate is not None else steerings[0]
         return Steer(tuple(p for p, _ in parts), positions, steering, isinstance(spec, list))  # type: ignore[misc]
 
     def _part(self, spec: Any) -> Optional[Tuple[Part, Steering]]:
         if not isinstance(spec, dict):
             raise BadInputError("must be an object like {\"mask\": NAME, \"delta\": 9}, or a list of such objects")
-        unknown = set(spec) - {"mask", "delta", "top_k", "positions", "weighting"}
+        unknown = set(spec) - {"mask", "delta", "top_k", "positions", "weighting", "gate"}
         if unknown:
-            raise BadInputError(f"unknown field(s) {', '.join(sorted(map(str, unknown)))}: use mask, delta, top_k, positions, weighting")
+            raise BadInputError(f"unknown field(s) {', '.join(sorted(map(str, unknown)))}: use mask, delta, top_k, positions, weighting, gate")
+        gate = spec.get("gate")
+        if gate is not None and (not isinstance(gate, str) or gate not in self.gates):
+            known = ", ".join(self.gates) or "none are loaded"
+            raise BadInputError(f"unknown gate {gate!r} (GET /v1/masks lists them, object sadi.gate: {known})", field="gate")
         name = spec.get("mask")
         if name is None:
+            if gate is not None:
+                raise BadInputError("a gate gates a mask: name the mask it gates", field="mask")
             return None
         if not isinstance(name, str) or name not in self.masks:
             known = ", ".join(self.masks) or "none are loaded"
@@ -149,4 +175,4 @@ class MaskLibrary:
             raise BadInputError(f"weighting must be a string, got {weighting!r}", field="weighting")
         chosen = mask if top_k == mask.top_k else mask.with_top_k(top_k)
         steering = Steering(chosen.units(), spec.get("delta", mask.delta), name=name, weights=chosen.weights(weighting))
-        return Part(name, int(top_k), steering.delta, weighting), steering
+        return Part(name, int(top_k), steering.delta, weighting, gate), steering

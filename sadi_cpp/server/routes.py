@@ -59,7 +59,7 @@ def models(s: Serving = Depends(serving)) -> Dict[str, Any]:
 
 @router.get("/v1/masks", dependencies=[Depends(authorize)])
 def masks(s: Serving = Depends(serving)) -> Dict[str, Any]:
-    return {"object": "list", "data": [s.library.describe(n) for n in s.library.masks]}
+    return {"object": "list", "data": [s.library.describe(n) for n in [*s.library.masks, *s.library.gates]]}
 
 
 @router.post("/v1/completions", dependencies=[Depends(authorize)])

@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from sadi_cpp.errors import BadInputError, SadiError
 from sadi_cpp.llama.chat import chat_prompt
-from sadi_cpp.server.jobs import Failed, Finished, Job, Piece, QueueFull, TokenInfo
+from sadi_cpp.server.jobs import Failed, Finished, Gated, Job, Piece, QueueFull, TokenInfo
 from sadi_cpp.server import limits
 from sadi_cpp.server.errors import ApiError, bad_request, error_body, from_library
 from sadi_cpp.server.protocol import ChatRequest, CompletionRequest, Reply, unsupported, usage
@@ -141,6 +141,8 @@ class Serving:
                 elif isinstance(event, Finished):
                     return pending.reply.whole("".join(parts), tokens if pending.want_logprobs else None, event.reason,
                                                usage(event.prompt_tokens, event.completion_tokens))
+                elif isinstance(event, Gated):
+                    pending.reply.steering = pending.job.steer.describe(event.result)  # type: ignore[union-attr]
                 elif isinstance(event, Failed):
                     raise ApiError(500, event.message, "server_error")
         except asyncio.CancelledError:
@@ -164,6 +166,8 @@ class Serving:
                     if include_usage:
                         yield _sse(reply.usage_chunk(usage(event.prompt_tokens, event.completion_tokens)))
                     break
+                elif isinstance(event, Gated):  # later chunks carry the decision
+                    reply.steering = pending.job.steer.describe(event.result)  # type: ignore[union-attr]
                 elif isinstance(event, Failed):
                     yield _sse(error_body(event.message, "server_error"))
                     break

@@ -1,0 +1,140 @@
+"""Commands around gates: build-gate, tune-gate, inspect-gate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import typer
+from typing_extensions import Annotated
+
+from sadi_cpp.cli.common import JsonOut, Model, ModelArg, NCtx, Threads, app, errors, load_model, one_model, out, plain, progress_bar
+from sadi_cpp.files import check_output
+
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
+
+
+def threshold_line(found: Dict[str, Any]) -> str:
+    """One line on a threshold and what it gave where it was measured."""
+    def num(x: Any) -> str:
+        return "-" if x is None else f"{x:.3f}"
+
+    def ci(x: Any) -> str:
+        return "" if not x or x[0] is None else f" [{x[0]:.3f}, {x[1]:.3f}]"
+
+    return (f"threshold {found['threshold']:.4f} on {found['on']} ({found['positives']} should fire, {found['negatives']} "
+            f"should not): precision {num(found['precision'])}{ci(found.get('precision_95ci'))}, recall "
+            f"{num(found['recall'])}{ci(found.get('recall_95ci'))}" + (f", AUC {found['auc']:.3f}" if "auc" in found else ""))
+
+
+@app.command("build-gate")
+@errors
+def build_gate_cmd(
+    pairs: Annotated[Path, typer.Argument(help="JSONL pairs: the positive text of each should make the gate fire, the negative text not (any schema build-mask reads).")],
+    model_arg: ModelArg = None,
+    model: Model = None,
+    layer: Annotated[Optional[int], typer.Option("--layer", help="Layer whose residual stream the gate reads (default: the lowest layer that separates the pairs within 0.02 AUC of the best).")] = None,
+    dev: Annotated[Optional[Path], typer.Option("--dev", help="Pairs to choose the threshold on (default: held-out halves of PAIRS).")] = None,
+    test: Annotated[Optional[Path], typer.Option("--test", help="Held-out pairs to report precision and recall on.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Gate file (default: beside the model, <model>.<pairs>.gate.sadi.gguf).")] = None,
+    quiet: Quiet = False,
+    n_ctx: NCtx = 512,
+    threads: Threads = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Build a gate (a condition that decides per input whether a steering acts) and save it as a sidecar."""
+    from sadi_cpp.data.pairs import read_pairs
+    from sadi_cpp.masks.gate_build import build_gate, check_gate
+    from sadi_cpp.masks.gate_file import default_gate_path, save_gate
+
+    model = one_model(model_arg, model)
+    if output is not None:
+        check_output(output, "gate file")
+    items = read_pairs(pairs)
+    dev_items = read_pairs(dev) if dev is not None else None
+    test_items = read_pairs(test) if test is not None else None
+    hook = load_model(model, n_ctx, threads)
+    target = check_output(output or default_gate_path(hook.model_path, pairs), "gate file")
+    with progress_bar("texts", 2 * (len(items) + len(dev_items or ())), quiet, plain=as_json) as step:
+        gate, report = build_gate(hook, items, layer=layer, dev=dev_items, progress=step)
+    if test_items is not None:
+        with progress_bar("texts", 2 * len(test_items), quiet, plain=as_json, label="test") as step:
+            report["test"] = check_gate(hook, gate, test_items, step)
+    save_gate(gate, target)
+    report["gate"] = str(target)
+    if as_json:
+        out.print_json(json.dumps(report))
+    elif not quiet:
+        aucs = report["layer_auc"]
+        out.print(f"pairs used: {report['n_pairs']}; held-out AUC per layer: " + " ".join(f"{i}:{a:.2f}" for i, a in enumerate(aucs)),
+                  soft_wrap=True)
+        out.print(f"layer {report['layer']}; " + threshold_line(report["threshold"]), soft_wrap=True)
+        if "test" in report:
+            out.print("test: " + threshold_line(report["test"]), soft_wrap=True)
+        out.print(f"gate written to {target}", soft_wrap=True, highlight=False)
+
+
+@app.command("tune-gate")
+@errors
+def tune_gate_cmd(
+    gate_file: Annotated[Path, typer.Argument(help="Gate sidecar from build-gate.")],
+    dev: Annotated[Path, typer.Argument(help="Pairs to choose the threshold on: positive texts should fire, negative texts not.")],
+    model: Model = None,
+    test: Annotated[Optional[Path], typer.Option("--test", help="Held-out pairs to report precision and recall on.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the tuned gate (default: over GATE_FILE).")] = None,
+    quiet: Quiet = False,
+    n_ctx: NCtx = 512,
+    threads: Threads = None,
+    as_json: JsonOut = False,
+) -> None:
+    """Choose a gate's threshold on dev pairs (best balanced accuracy) and write it into the gate."""
+    from sadi_cpp.data.pairs import read_pairs
+    from sadi_cpp.masks.gate_build import check_gate, tune_threshold
+    from sadi_cpp.masks.gate_file import gate_fits, load_gate, save_gate
+
+    target = check_output(output or gate_file, "gate file")
+    gate = load_gate(gate_file)
+    dev_items = read_pairs(dev)
+    test_items = read_pairs(test) if test is not None else None
+    hook = load_model(model, n_ctx, threads)
+    gate_fits(gate, hook)
+    with progress_bar("texts", 2 * len(dev_items), quiet, plain=as_json, label="dev") as step:
+        gate, chosen = tune_threshold(hook, gate, dev_items, step)
+    report: Dict[str, Any] = {"threshold": chosen}
+    if test_items is not None:
+        with progress_bar("texts", 2 * len(test_items), quiet, plain=as_json, label="test") as step:
+            report["test"] = check_gate(hook, gate, test_items, step)
+    save_gate(gate, target)
+    report["gate"] = str(target)
+    if as_json:
+        out.print_json(json.dumps(report))
+    elif not quiet:
+        out.print(threshold_line(chosen), soft_wrap=True)
+        if "test" in report:
+            out.print("test: " + threshold_line(report["test"]), soft_wrap=True)
+        out.print(f"gate written to {target}", soft_wrap=True, highlight=False)
+
+
+@app.command("inspect-gate")
+@errors
+def inspect_gate(
+    gate_file: Annotated[Path, typer.Argument(help="Gate sidecar (.sadi.gguf) from build-gate.")],
+    as_json: JsonOut = False,
+) -> None:
+    """Show a gate: its layer, threshold, how the threshold was chosen, the model it fits."""
+    from sadi_cpp.masks.gate_file import load_gate
+
+    g = load_gate(gate_file)
+    tuned = json.loads(g.tuned) if g.tuned else None
+    info = {"file": str(gate_file), "name": g.name, "layer": g.layer, "threshold": g.threshold, "n_pairs": g.n_pairs,
+            "pairs_sha256": g.pairs_sha256, "tool_version": g.tool_version, "model": g.model, "tuned": tuned}
+    if as_json:
+        out.print_json(json.dumps(info))
+        return
+    for key in ("name", "layer", "threshold", "n_pairs", "pairs_sha256", "tool_version"):
+        out.print(f"{key}: {plain(info[key])}", soft_wrap=True)
+    mdl = g.model
+    out.print(plain(f"model: {mdl['arch']}, n_layer {mdl['n_layer']}, n_embd {mdl['n_embd']}, tensors {mdl['tensors_sha256'][:16]}"))
+    if isinstance(tuned, dict) and {"threshold", "on", "positives", "negatives", "precision", "recall"} <= set(tuned):
+        out.print(plain("chosen: " + threshold_line(tuned)), soft_wrap=True)
