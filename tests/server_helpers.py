@@ -130,3 +130,26 @@ def write_random_masks(model_path: Path, folder: Path, specs: Dict[str, Tuple[st
         return out
     finally:
         hook.llm.close()
+
+
+def write_random_gates(model_path: Path, folder: Path, specs: Dict[str, Tuple[int, float]], seed: int = 0) -> Dict[str, Any]:
+    """Write one gate per {name: (layer, threshold)} with a random direction and center, fitted to the model."""
+    import sadi_cpp
+    from sadi_cpp.gate import Gate
+    from sadi_cpp.masks.fingerprint import model_fingerprint
+    from sadi_cpp.masks.gate_file import save_gate
+
+    hook = sadi_cpp.load(str(model_path), n_ctx=64)
+    try:
+        fp = model_fingerprint(str(model_path), hook.shape, hook.llm.n_vocab())
+        rng = np.random.default_rng(seed)
+        out = {}
+        for name, (layer, threshold) in specs.items():
+            n = hook.shape.n_embd
+            gate = Gate(layer, rng.standard_normal(n).astype(np.float32), 0.1 * rng.standard_normal(n).astype(np.float32),
+                        threshold, model=fp, n_pairs=10, pairs_sha256="cd" * 32, tool_version="test")
+            save_gate(gate, folder / f"{name}.sadi.gguf")
+            out[name] = gate
+        return out
+    finally:
+        hook.llm.close()

@@ -170,3 +170,102 @@ def test_gates_refuse_what_they_cannot_do(tiny, make_llama):
     hook.bind(0, "g")
     with pytest.raises(BadInputError, match="decides at its first steered row"):
         hook.decode([BatchRow(t, p, (0,), True) for p, t in enumerate(PROMPT[:4])], [3])
+
+
+def gate_pairs(tmp_path, name="gate_pairs.jsonl", n=12, offset=0):
+    """Texts that should fire (they end in a run of 'z') and texts that should not (a run of 'a')."""
+    import json
+
+    path = tmp_path / name
+    path.write_text("".join(json.dumps({"positive": f"item {i + offset} " + "z" * (3 + i % 4),
+                                        "negative": f"item {i + offset} " + "a" * (3 + i % 4)}) + "\n" for i in range(n)))
+    return path
+
+
+def test_a_gate_file_round_trips_and_is_refused_where_it_does_not_belong(tiny_path, tmp_path, make_llama):
+    from helpers import bad
+
+    from sadi_cpp.masks.gate_file import load_gate, save_gate
+    from sadi_cpp.masks.fingerprint import hook_fingerprint
+    from sadi_cpp.masks.mask import SadiMask
+
+    hook = sadi_cpp.attach(make_llama())
+    gate = Gate(1, np.arange(hook.shape.n_embd, dtype=np.float32) - 3, np.ones(hook.shape.n_embd, np.float32), 0.123456789,
+                model=hook_fingerprint(hook), n_pairs=7, pairs_sha256="ef" * 32, tool_version="t", tuned='{"on": "dev"}')
+    path = save_gate(gate, tmp_path / "cond.sadi.gguf")
+    back = load_gate(path)
+    assert back.name == "cond" and back.layer == 1 and back.threshold == float(np.float32(0.123456789))
+    assert np.array_equal(back.direction, gate.direction) and np.array_equal(back.center, gate.center)
+    assert (back.n_pairs, back.pairs_sha256, back.tuned, back.model) == (7, "ef" * 32, '{"on": "dev"}', gate.model)
+    with pytest.raises(BadInputError, match="a sadi-cpp gate, not a mask \\(give it with --gate\\)"):
+        SadiMask.load(path)
+    raw = bytearray(path.read_bytes())
+    raw[-5] ^= 0x40  # a bit of the center tensor
+    damaged = tmp_path / "damaged.sadi.gguf"
+    damaged.write_bytes(bytes(raw))
+    with pytest.raises(BadInputError, match="does not match its checksum"):
+        load_gate(damaged)
+    bad(["generate", "Hi", "-m", str(tiny_path), "--mask", str(path)], "a sadi-cpp gate, not a mask")
+    bad(["inspect-gate", str(tiny_path)], "a GGUF model", "not a sadi-cpp gate")
+
+
+def test_build_gate_separates_held_out_texts_and_generate_and_eval_use_it(tiny_path, tmp_path):
+    import json
+
+    from helpers import bad, runner
+    from sadi_cpp.cli import app
+    from sadi_cpp.masks.gate_file import load_gate
+
+    pairs, dev, test = gate_pairs(tmp_path), gate_pairs(tmp_path, "dev.jsonl", 8, 100), gate_pairs(tmp_path, "test.jsonl", 8, 200)
+    out = tmp_path / "z.gate.sadi.gguf"
+    res = runner.invoke(app, ["build-gate", str(pairs), str(tiny_path), "--test", str(test), "-o", str(out), "-q", "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["layer"] in range(2) and len(report["layer_auc"]) == 2 and report["threshold"]["on"] == "pairs (held-out halves)"
+    assert report["test"]["auc"] >= 0.9 and report["test"]["recall"] >= 0.75, report["test"]  # the letters are easy to tell apart
+    tuned = runner.invoke(app, ["tune-gate", str(out), str(dev), "-m", str(tiny_path), "-q", "--json"])
+    assert tuned.exit_code == 0, tuned.output
+    chosen = json.loads(tuned.stdout)["threshold"]
+    gate = load_gate(out)
+    assert chosen["on"] == "dev" and gate.threshold == chosen["threshold"] and json.loads(gate.tuned)["on"] == "dev"
+    shown = runner.invoke(app, ["inspect-gate", str(out)])
+    assert shown.exit_code == 0 and "chosen: threshold" in shown.stdout and "on dev" in shown.stdout, shown.output
+    mask = tmp_path / "m.sadi.gguf"
+    assert runner.invoke(app, ["build-mask", str(pairs), str(tiny_path), "--site", "neuron", "-o", str(mask), "-q"]).exit_code == 0
+    gen = runner.invoke(app, ["generate", "item 5 zzzz", "-m", str(tiny_path), "-n", "4", "--json", "--mask", str(mask),
+                              "--gate", str(out)])
+    assert gen.exit_code == 0, gen.output
+    g = json.loads(gen.stdout)["gate"]
+    assert g["fired"] is True and g["score"] >= g["threshold"], g
+    bad(["generate", "Hi", "-m", str(tiny_path), "--mask", str(mask), "--gate", str(out), "--positions", "all"],
+        "--positions", "a gate decides")
+    items = tmp_path / "items.jsonl"
+    items.write_text("".join(json.dumps({"prompt": f"item {i} " + ("z" if i % 2 else "a") * 4, "choices": [" b", " c"],
+                                         "label": i % 2}) + "\n" for i in range(10)))
+    ev = runner.invoke(app, ["eval", str(items), "-m", str(tiny_path), "--mask", str(mask), "--gate", str(out), "-q", "--json"])
+    assert ev.exit_code == 0, ev.output
+    assert json.loads(ev.stdout)["gate_fired"] == 5  # the z items
+
+
+@pytest.mark.parametrize("positions", ["last", "last+generated"])
+def test_gated_scoring_batched_equals_sequential(tiny, make_llama, positions):
+    from sadi_cpp.data.mcdata import MCItem
+    from sadi_cpp.scoring.score import score_items
+
+    hook = sadi_cpp.attach(make_llama())
+    items = [MCItem(f"item {i} " + "xy" * (i % 3 + 1), [" p", " qq r"], i % 2, f"item {i}") for i in range(8)]
+    prompts = [hook.tokenize(it.prompt) for it in items]
+    gate = a_gate(hook, 0.0)
+    scores = np.array([float(gate.score(residual_at(hook, p, GATE_LAYER))) for p in prompts])
+    gate = a_gate(hook, float(np.median(scores)))  # fires on about half
+    configs = [Steering(), Steering(head_mask(tiny, hook, [(1, 0), (2, 3)]), 3.0, gate=gate), Steering(head_mask(tiny, hook, [(2, 1)]), -0.5)]
+    batched = score_items(hook, items, configs, positions=positions, batched=True)
+    sequential = score_items(hook, items, configs, positions=positions, batched=False)
+    want = (scores >= gate.threshold).astype(float)
+    assert 0 < want.sum() < len(items)
+    assert np.array_equal(batched.fired[1], want) and np.array_equal(sequential.fired[1], want)
+    assert np.isnan(batched.fired[0]).all() and np.isnan(batched.fired[2]).all()
+    assert_f32_close(batched.logprob, sequential.logprob, what=f"gated scoring, {positions}")
+    # unfired items score as unsteered (other rows of the same decode: f32 rounding apart), fired ones not
+    assert_f32_close(batched.logprob[1][want == 0], batched.logprob[0][want == 0], what="closed gate")
+    assert np.abs(batched.logprob[1][want == 1] - batched.logprob[0][want == 1]).max() > 1e-3

@@ -14,12 +14,14 @@ import openai
 import pytest
 
 from helpers import f32_tol
-from server_helpers import Server, wait_until, write_random_masks
+from server_helpers import Server, wait_until, write_random_gates, write_random_masks
 from tiny_model import TinyLlama
 
 TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
             "{% if add_generation_prompt %}assistant:{% endif %}")
 MASKS = {"tiny.head": ("head", 3, 9.0), "tiny.neuron": ("neuron", 20, 15.0), "tiny.hidden": ("hidden", 6, -6.0)}
+# a random condition at layer 0 (fires on some prompts), one that always fires, one that never does
+GATES = {"tiny.gate": (0, 0.0), "always": (0, -1.0), "never": (1, 1.0)}
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +31,10 @@ def served(tmp_path_factory: pytest.TempPathFactory):
     masks = root / "masks"
     masks.mkdir()
     write_random_masks(model, masks, MASKS)
+    write_random_gates(model, masks, GATES)
     other = TinyLlama(n_layer=2).write(root / "other.gguf")
     write_random_masks(other, masks, {"other.head": ("head", 2, 9.0)})
+    write_random_gates(other, masks, {"other.gate": (0, 0.0)})
     (masks / "broken.sadi.gguf").write_bytes(b"GGUF\x03\x00\x00\x00garbage")
     # an f32 KV cache: requests grouped differently then differ by f32 rounding only (see the
     # concurrency test's tolerance)
@@ -59,13 +63,16 @@ def client(srv: Server, key: Optional[str] = None) -> openai.OpenAI:
 def test_start_lists_masks_and_skips_the_others(served: Server):
     status, body = served.get("/v1/masks")
     assert status == 200
-    assert {m["id"] for m in body["data"]} == set(MASKS)
+    assert {m["id"] for m in body["data"]} == set(MASKS) | set(GATES)
+    gate = next(m for m in body["data"] if m["id"] == "tiny.gate")
+    assert (gate["object"], gate["layer"], gate["threshold"]) == ("sadi.gate", 0, 0.0)
     head = next(m for m in body["data"] if m["id"] == "tiny.head")
     assert (head["site"], head["top_k"], head["delta"], head["positions"]) == ("head", 3, 9.0, "last")
     assert head["model"]["arch"] == "llama" and len(head["pairs_sha256"]) == 64
     log = served.output()
     assert "skipped other.head.sadi.gguf: made for another model" in log
     assert "skipped broken.sadi.gguf" in log
+    assert "skipped other.gate.sadi.gguf: made for another model" in log
     assert served.get("/v1/models")[1]["data"][0]["id"] == "tiny-chat.gguf"
     assert served.get("/health")[1]["status"] == "ok"
 
@@ -114,6 +121,27 @@ def test_steering_changes_the_answer_and_sampling_is_reproducible(served: Server
     assert any(text(temperature=1.0, seed=s, top_p=1.0, extra_body=wide) != a for s in range(8, 12))
 
 
+def test_gated_requests_report_the_decision_and_follow_it(served: Server):
+    c = client(served)
+    args = dict(model="x", prompt="Hello there", max_tokens=12, temperature=0)
+    plain = c.completions.create(**args).choices[0].text
+    steer = {"mask": "tiny.neuron", "delta": 15, "positions": "last+generated"}
+    steered = c.completions.create(**args, extra_body={"sadi": steer}).choices[0].text
+    assert steered != plain
+    shut = c.completions.create(**args, extra_body={"sadi": {**steer, "gate": "never"}})
+    assert shut.choices[0].text == plain
+    assert shut.model_extra["sadi"]["gate"]["fired"] is False and shut.model_extra["sadi"]["gate"]["name"] == "never"
+    opened = c.completions.create(**args, extra_body={"sadi": {**steer, "gate": "always"}})
+    assert opened.model_extra["sadi"]["gate"]["fired"] is True and opened.choices[0].text != plain
+    chunks = list(c.completions.create(**args, stream=True, extra_body={"sadi": {**steer, "gate": "always"}}))
+    assert "".join(p.choices[0].text for p in chunks) == opened.choices[0].text
+    assert all(p.model_extra["sadi"]["gate"]["fired"] is True for p in chunks)  # every chunk comes after the decision
+    chat = list(c.chat.completions.create(model="x", messages=[{"role": "user", "content": "Hi"}], max_tokens=6, temperature=0,
+                                          stream=True, extra_body={"sadi": {**steer, "gate": "never"}}))
+    assert chat[0].model_extra["sadi"]["gate"]["fired"] is None  # the role chunk goes out before the prompt is decoded
+    assert chat[-1].model_extra["sadi"]["gate"]["fired"] is False
+
+
 def test_stop_strings_end_the_answer(served: Server):
     c = client(served)
     full = c.completions.create(model="x", prompt="Hello", max_tokens=24, temperature=0).choices[0].text
@@ -135,7 +163,10 @@ def _spec(i: int) -> Dict[str, Any]:
                 {"mask": "tiny.neuron", "positions": "all"}, {"mask": "tiny.hidden", "delta": 6, "positions": "last+generated"},
                 {"mask": "tiny.neuron", "delta": 4}, None,
                 [{"mask": "tiny.head", "delta": 4}, {"mask": "tiny.neuron", "delta": -3, "weighting": "mean-diff"}],
-                [{"mask": "tiny.hidden", "delta": 2, "positions": "all"}, {"mask": "tiny.head", "delta": 5}]][i % 9]
+                [{"mask": "tiny.hidden", "delta": 2, "positions": "all"}, {"mask": "tiny.head", "delta": 5}],
+                {"mask": "tiny.head", "gate": "tiny.gate"},
+                [{"mask": "tiny.neuron", "delta": 6, "positions": "last+generated"}, {"mask": "tiny.head", "delta": -4, "gate": "tiny.gate"}],
+                {"mask": "tiny.hidden", "delta": 6, "positions": "last+generated", "gate": "always"}][i % 12]
     words = "".join(chr(c) for c in rng.integers(97, 123, size=int(rng.integers(2, 60))))
     spec: Dict[str, Any] = {"max_tokens": int(rng.integers(3, 30)), "temperature": 0, "sadi": steering}
     if i % 2:
@@ -152,7 +183,10 @@ def _answer(srv: Server, spec: Dict[str, Any]) -> Dict[str, Any]:
     status, body = srv.post("/v1/chat/completions" if chat else "/v1/completions", spec)
     assert status == 200, body
     choice = body["choices"][0]
-    if chat:  # the bytes of every token: exact token identity on the byte vocabulary
+    if choice["logprobs"] is None:  # the first token sampled ended the answer
+        tokens, lp = [], []
+        text = choice["message"]["content"] if chat else choice["text"]
+    elif chat:  # the bytes of every token: exact token identity on the byte vocabulary
         tokens = [bytes(t["bytes"]) for t in choice["logprobs"]["content"]]
         lp = [t["logprob"] for t in choice["logprobs"]["content"]]
         text = choice["message"]["content"]
@@ -160,7 +194,24 @@ def _answer(srv: Server, spec: Dict[str, Any]) -> Dict[str, Any]:
         tokens = choice["logprobs"]["tokens"]
         lp = choice["logprobs"]["token_logprobs"]
         text = choice["text"]
-    return {"text": text, "tokens": tokens, "finish": choice["finish_reason"], "sadi": body["sadi"], "lp": lp}
+    return {"text": text, "tokens": tokens, "finish": choice["finish_reason"], "sadi": body["sadi"], "lp": lp,
+            "gate_score": _pop_gate_score(body["sadi"])}
+
+
+def _pop_gate_score(sadi: Any) -> Optional[float]:
+    """The gate's score in a response's sadi field, taken out of it (compared with a tolerance)."""
+    for part in sadi if isinstance(sadi, list) else [sadi] if sadi else []:
+        if "gate" in part:
+            return part["gate"].pop("score")
+    return None
+
+
+GATE_TOL = 4 * 256 * float(np.finfo(np.float32).eps)
+
+
+def _gate_of(spec: Dict[str, Any]) -> Optional[str]:
+    parts = spec["sadi"] if isinstance(spec["sadi"], list) else [spec["sadi"]] if spec["sadi"] else []
+    return next((p["gate"] for p in parts if "gate" in p), None)
 
 
 def logprob_tolerance(tiny: TinyLlama) -> float:
@@ -186,6 +237,13 @@ def test_64_concurrent_requests_answer_exactly_as_alone(served: Server):
     for i, (t, a) in enumerate(zip(together, alone)):
         t_lp, a_lp = np.array(t.pop("lp")), np.array(a.pop("lp"))
         assert np.abs(t_lp - a_lp).max(initial=0) <= tol, (i, t_lp, a_lp, tol)
+        t_gate, a_gate = t.pop("gate_score"), a.pop("gate_score")
+        if a_gate is not None:
+            # the score is a cosine of f32 rows that differ by f32 rounding between groupings (see
+            # logprob_tolerance): relative error ORACLE_ULPS eps per value, a few times that in the cosine
+            assert abs(t_gate - a_gate) <= GATE_TOL, (i, t_gate, a_gate)
+            assert abs(a_gate - GATES[_gate_of(specs[i])][1]) > GATE_TOL  # no decision this close to call
+        assert (t_gate is None) == (a_gate is None)
         assert t == a, f"request {i} ({specs[i]['sadi']}) answered differently in the batch"
         asked = specs[i]["sadi"]
         if isinstance(asked, list):  # composed: the response lists the masks in the request's order
@@ -194,6 +252,9 @@ def test_64_concurrent_requests_answer_exactly_as_alone(served: Server):
             assert t["sadi"]["mask"] == asked["mask"]
         else:
             assert t["sadi"] is None
+    fired = [a["sadi"]["gate"]["fired"] if isinstance(a["sadi"], dict) else a["sadi"][1]["gate"]["fired"]
+             for s, a in zip(specs, alone) if _gate_of(s) == "tiny.gate"]
+    assert 0 < sum(fired) < len(fired), fired  # the random gate fired on some prompts and not on others
     # the requests really shared decodes: one at a time needs a decode per generated token
     tokens = sum(len(a["tokens"]) for a in alone)
     assert decodes < tokens / 4, (decodes, tokens)
@@ -216,6 +277,13 @@ def test_64_concurrent_requests_answer_exactly_as_alone(served: Server):
     ({"prompt": "x", "sadi": [{"mask": "tiny.head", "positions": "all"}, {"mask": "tiny.neuron", "positions": "last"}]},
      "sadi.positions: one position policy"),
     ({"prompt": "x", "sadi": {"mask": "tiny.head", "weighting": "loud"}}, "sadi.weighting: unknown weighting 'loud'"),
+    ({"prompt": "x", "sadi": {"mask": "tiny.head", "gate": "nope"}}, "sadi.gate: unknown gate 'nope'"),
+    ({"prompt": "x", "sadi": {"mask": "tiny.head", "gate": "other.gate"}}, "sadi.gate: unknown gate 'other.gate'"),
+    ({"prompt": "x", "sadi": {"mask": "tiny.gate"}}, "sadi.mask: unknown mask 'tiny.gate'"),
+    ({"prompt": "x", "sadi": {"gate": "tiny.gate"}}, "sadi.mask: a gate gates a mask"),
+    ({"prompt": "x", "sadi": [{"mask": "tiny.head", "gate": "always"}, {"mask": "tiny.neuron", "gate": "never"}]},
+     "sadi.gate: one gate for the whole steering"),
+    ({"prompt": "x", "sadi": {"mask": "tiny.head", "gate": "always", "positions": "all"}}, "sadi.positions: a gate decides"),
     ({"prompt": "x", "sadi": "tiny.head"}, "sadi"),
     ({"prompt": "x" * 200}, "the prompt has 204 tokens"),  # BOS, "▁" (3 bytes), 200 bytes
     ({"prompt": "x", "n": 2}, "n: only one"),
