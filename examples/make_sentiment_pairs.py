@@ -3,6 +3,8 @@
 - sentiment_pairs.jsonl: 180 contrastive pairs on the tone of an opinion (positive vs negative).
   The steered behaviour is easy to see: a neutral prompt ("My opinion of the new phone is that
   it") turns glowing or sour.
+- complaint_pairs.jsonl: 180 pairs for a gate (build-gate): the positive text is a complaint
+  (it should make the gate fire), the negative text praise of the same thing.
 - sentiment_dev.jsonl, sentiment_test.jsonl: 64 and 56 multiple-choice reviews ("Review: ...
   Sentiment:" with the choices " negative" and " positive"), half of each label, in sentences the
   pairs do not use: a small task for tune and eval to run on in a minute.
@@ -56,13 +58,20 @@ def main() -> None:
             for pos, neg in WORDS:
                 prompt = f"Here is my honest opinion of {thing}: it was"
                 f.write(json.dumps({"prompt": prompt, "positive": pos, "negative": neg}) + "\n")
+    with (here / "complaint_pairs.jsonl").open("w", encoding="utf-8") as f:
+        for thing in THINGS:
+            for pos, neg in WORDS:
+                # the opinion comes first and the text ends where a completion would go on, as
+                # the prompts the gate will judge do
+                said = f"Someone asked me about {thing}. I told them it was"
+                f.write(json.dumps({"positive": f"{said}{neg}, and", "negative": f"{said}{pos}, and"}) + "\n")
     rows = reviews()  # 120: even-numbered things to dev, odd to test
     dev = [r for i, r in enumerate(rows) if (i // (2 * len(REVIEWS))) % 2 == 0]
     test = [r for i, r in enumerate(rows) if (i // (2 * len(REVIEWS))) % 2 == 1]
     for name, part in (("sentiment_dev.jsonl", dev), ("sentiment_test.jsonl", test)):
         random.Random(name).shuffle(part)  # no order by label: tune's check splits dev by position
         (here / name).write_text("".join(json.dumps(r) + "\n" for r in part), encoding="utf-8")
-    print(f"wrote {len(THINGS) * len(WORDS)} pairs, {len(dev)} dev and {len(test)} test reviews to {here}")
+    print(f"wrote {len(THINGS) * len(WORDS)} sentiment and complaint pairs, {len(dev)} dev and {len(test)} test reviews to {here}")
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@
 __version__ = "0.1.0"  # first, so that modules imported below may read it
 
 from sadi_cpp.errors import BadInputError, SadiError, SteeringError, UnsupportedModelError  # noqa: E402
+from sadi_cpp.gate import Gate, GateResult  # noqa: E402
 from sadi_cpp.llama.hook import Hook, attach, load  # noqa: E402
 from sadi_cpp.llama.recording import Recording  # noqa: E402
 from sadi_cpp.positions import DEFAULT_POLICY, POLICIES  # noqa: E402
@@ -16,6 +17,8 @@ __all__ = [
     "Hook",
     "Recording",
     "Steering",
+    "Gate",
+    "GateResult",
     "attach",
     "load",
     "SadiError",

@@ -1,6 +1,6 @@
 """A gate: a condition on the input that decides, per sequence, whether a steering acts at all::
 
-    gate = load_gate("gemma.negative.gate.sadi.gguf")           # sadi_cpp.masks.gate_file
+    gate = load_gate("gemma.negative.gate.sadi.gguf")           # from sadi_cpp.masks.gate_file
     with hook.steering(mask, delta=9.0, gate=gate):
         text = hook.llm("...", max_tokens=20)
     hook.gate_result                                            # GateResult(score=0.31, fired=True)

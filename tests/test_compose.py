@@ -148,3 +148,39 @@ def test_generate_and_eval_take_several_masks(tiny_path, tmp_path):
     assert res.exit_code == 0, res.output
     assert len(json.loads(res.stdout)["masks"]) == 2
     bad(["eval", str(dev), "-m", str(tiny_path), "--mask", masks[0], "--mask", masks[1], "--method", "fixed"], "takes one mask")
+
+
+def test_tune_composes_every_cell_and_gates_it(tiny_path, tmp_path):
+    """tune --with-mask: each cell is the tuned mask composed with the given one, and the baseline
+    is the given one alone (checked against eval of it); --gate gates every cell."""
+    import json
+
+    from helpers import bad, runner
+    from sadi_cpp.cli import app
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"Item {i}: ", "positive": p, "negative": n}) + "\n"
+                             for i, (p, n) in enumerate([("good", "bad"), ("yes", "no"), ("warm", "cold")] * 3)))
+    other = tmp_path / "other.sadi.gguf"
+    assert runner.invoke(app, ["build-mask", str(pairs), str(tiny_path), "--site", "neuron", "-o", str(other), "-q"]).exit_code == 0
+    dev = tmp_path / "dev.jsonl"
+    dev.write_text("".join(json.dumps({"prompt": f"Q{i} {'xy' * (i % 4)}: ", "choices": [" a", " bb"], "label": i % 2}) + "\n"
+                           for i in range(12)))
+    args = ["tune", str(pairs), str(dev), "-m", str(tiny_path), "--k-grid", "1,3", "--delta-grid", "2,-0.5", "-q", "--json",
+            "-o", str(tmp_path / "tuned.sadi.gguf")]
+    res = runner.invoke(app, args + ["--with-mask", str(other), "--with-delta", "-3"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.stdout)
+    assert report["composed_with"][0]["delta"] == -3.0
+    alone = runner.invoke(app, ["eval", str(dev), "-m", str(tiny_path), "--mask", str(other), "--delta", "-3", "-q", "--json"])
+    assert alone.exit_code == 0, alone.output
+    assert report["baseline"] == json.loads(alone.stdout)["acc"]  # the baseline is the composed-with steering alone
+    gate = tmp_path / "g.sadi.gguf"
+    gp = tmp_path / "gate_pairs.jsonl"
+    gp.write_text("".join(json.dumps({"positive": f"Q{i} xyxy", "negative": f"Q{i} zz"}) + "\n" for i in range(8)))
+    assert runner.invoke(app, ["build-gate", str(gp), str(tiny_path), "-o", str(gate), "-q"]).exit_code == 0
+    gated = runner.invoke(app, args + ["--gate", str(gate)])
+    assert gated.exit_code == 0, gated.output
+    assert json.loads(gated.stdout)["gate"]["file"] == str(gate)
+    bad(["tune", str(pairs), str(dev), "-m", str(tiny_path), "--method", "fixed", "--gate", str(gate)], "--method sadi")
+    bad(["tune", str(pairs), str(dev), "-m", str(tiny_path), "--with-delta", "2"], "--with-delta gives the delta")

@@ -99,6 +99,9 @@ def tune(
     delta_grid: Annotated[Optional[str], typer.Option("--delta-grid", help="Columns: delta (fixed/caa: scale), e.g. 4,9,19,39.")] = None,
     rank_abs: Annotated[bool, typer.Option("--abs", help="Rank units by |mean difference|.")] = False,
     seed: Annotated[int, typer.Option("--seed", help="Seed of --method random.")] = 0,
+    with_mask: Annotated[Optional[List[Path]], typer.Option("--with-mask", help="sadi: a mask every cell is composed with (repeatable); the baseline is then that steering alone.")] = None,
+    with_delta: Annotated[Optional[List[float]], typer.Option("--with-delta", help="The delta of each --with-mask, in order (default: the mask's).")] = None,
+    gate: Annotated[Optional[Path], typer.Option("--gate", help="sadi: gate sidecar; every cell steers only the items the gate fires on.")] = None,
     positions: Positions = "last",
     norm: Norm = False,
     limit_train: Annotated[Optional[int], typer.Option("--limit-train", help="Use the first N training lines' pairs.")] = None,
@@ -117,11 +120,18 @@ def tune(
     from sadi_cpp.evaluation.tune import check_grid, save_tuned, tune_fixed_baseline
     from sadi_cpp.evaluation.tune import tune as run_tune
     from sadi_cpp.masks.stats_cache import gather
-    from sadi_cpp.positions import check_policy
+    from sadi_cpp.masks.gate_file import load_gate
+    from sadi_cpp.positions import check_gated, check_policy
     from sadi_cpp.sites import check_site
 
     check_site(site)
-    check_policy(positions)
+    check_gated(check_policy(positions), gate is not None)
+    if (with_mask or gate is not None) and method != "sadi":
+        raise BadInputError("--with-mask and --gate tune a SADI mask (--method sadi)")
+    if with_delta and not with_mask:
+        raise BadInputError("--with-delta gives the delta of a --with-mask")
+    companions = load_masks(with_mask, with_delta, None, "uniform") if with_mask else []
+    gated = load_gate(gate) if gate is not None else None
     if output is not None and method in ("fixed", "random"):
         raise BadInputError(f"--method {method} is an ablation: tune prints its grid but writes no file (drop -o)")
     for target, what in ((output, "output"), (plot, "plot")):  # refuse before the minutes of work, not after
@@ -139,6 +149,13 @@ def tune(
     rank_by = "abs" if rank_abs else "signed"
     hook = load_model(model, n_ctx, threads)
     rows, cols = check_grid(method, rows, cols, hook.shape, site)  # against the model, before any decode
+    compose_with = steering_of(companions, hook, "uniform") if companions else None
+    if gated is not None:
+        from sadi_cpp.masks.gate_file import gate_fits
+
+        note = gate_fits(gated, hook)
+        if note:
+            err.print(f"note: {note}", soft_wrap=True)
     with progress_bar("pairs", len(pairs), quiet, plain=as_json) as step:
         contrast, cache, reused = gather(hook, pairs, ("residual",) if method == "caa" else (site,), progress=step,
                                          use_cache=not no_cache)
@@ -147,9 +164,15 @@ def tune(
         if reused and not quiet:
             err.print(f"statistics reused from {cache} (no pair decoded; --no-cache recomputes them)", highlight=False, soft_wrap=True)
     with progress_bar("items", len(items), quiet, plain=as_json) as step:
-        result = run_tune(hook, contrast, items, method, site, rows, cols, rank_by, norm, positions, seed, progress=step)
+        result = run_tune(hook, contrast, items, method, site, rows, cols, rank_by, norm, positions, seed, progress=step,
+                          compose_with=compose_with, gate=gated)
     report = dict(result.as_dict(), train=str(train), dev=str(dev), n_pairs=contrast.n_used,
                   statistics={"cache": None if cache is None else str(cache), "reused": reused})
+    if companions:
+        report["composed_with"] = [{"mask": str(p), "site": m.site, "top_k": m.top_k, "delta": d}
+                                   for p, (m, d) in zip(with_mask or [], companions)]
+    if gated is not None:
+        report["gate"] = {"file": str(gate), "layer": gated.layer, "threshold": gated.threshold}
     if method == "sadi":  # the fixed baseline at its best on the same units, for eval's default
         with progress_bar("items", len(items), quiet, plain=as_json, label="fixed baseline: items") as step:
             report["fixed"] = tune_fixed_baseline(hook, contrast, result, items, rank_by, progress=step)
@@ -170,6 +193,12 @@ def _print_tune(result: Any, report: Dict[str, Any], items: Any, written: Option
     """tune's table, the best cell, the answer spread, the held-out check and the file written."""
     method, site = result.method, result.site
     d = result.as_dict()
+    if report.get("composed_with"):
+        out.print("every cell composed with " + ", ".join(f"{c['mask']} (delta {c['delta']:g})" for c in report["composed_with"])
+                  + "; the baseline is that steering alone", highlight=False, soft_wrap=True)
+    if report.get("gate"):
+        out.print(f"every cell gated by {report['gate']['file']}: items the gate does not fire on are scored unsteered",
+                  highlight=False, soft_wrap=True)
     table = Table(title=f"{method} ({site}) dev accuracy, {len(items)} items; baseline {result.baseline:.3f}")
     table.add_column(f"{d['rows']} \\ {d['cols']}", justify="right")
     for c in result.cols:

@@ -107,6 +107,9 @@ def generate(
     stream = not (compare or as_json)
 
     def run() -> str:
+        # from an empty cache each time: llama.cpp's logits depend a little on how the prompt is
+        # split into decodes (docs/eval.md), and a cached prefix would split the second run differently
+        hook.rewind(0)
         text = []
         for piece in stream_text(hook, prompt, use_chat, max_tokens, temperature, top_p, seed):
             text.append(piece)
@@ -134,6 +137,8 @@ def generate(
         table.add_column("unsteered")
         title = (f"{first.site}, K={first.top_k}, delta={d:g}" if len(parts) == 1 else
                  " + ".join(f"{m.site} K={m.top_k} delta={dd:g}" for m, dd in parts))
+        if gated is not None:
+            title += "; gate " + ("fired" if decision and decision.fired else "did not fire: unsteered")
         table.add_column(f"steered ({title}{', mean-diff weights' if weighting != 'uniform' else ''})")
         table.add_row(unsteered, steered)
         out.print(table)

@@ -17,6 +17,7 @@ import numpy as np
 
 from sadi_cpp.data.mcdata import MCItem
 from sadi_cpp.errors import BadInputError
+from sadi_cpp.gate import Gate
 from sadi_cpp.evaluation.interventions import BASELINE, FIXED_ALPHAS, METHODS, caa, fixed, one_layer, random_units, sadi
 from sadi_cpp.evaluation.verdict import AnswerBias, SelectionCheck, answer_bias, bias_dict, selection_check
 from sadi_cpp.masks.cvec import default_cvec_path, write_cvec
@@ -150,18 +151,29 @@ def tune(
     positions: str = DEFAULT_POLICY,
     seed: int = 0,
     progress: Optional[Callable[[int], None]] = None,
+    compose_with: Optional[Steering] = None,
+    gate: Optional[Gate] = None,
 ) -> TuneResult:
     """Score the dev items under the baseline and every grid cell in one pass (see sadi_cpp.scoring).
     ``rows``/``cols``: the grid, as :func:`check_grid` returns it (it fills in the defaults per
-    method and site); check it before gathering the statistics, so that a bad grid costs no decode."""
+    method and site); check it before gathering the statistics, so that a bad grid costs no decode.
+
+    sadi only: ``compose_with``, a steering every cell is composed with (its strengths add to the
+    cell's), which is then also the baseline the cells are compared with (it alone); ``gate``,
+    a gate on every cell (the composition included)."""
+    if (compose_with is not None or gate is not None) and method != "sadi":
+        raise BadInputError(f"composing and gating are for --method sadi, not {method}", field="method")
     if rows is None or cols is None:
         d_rows, d_cols = default_grid(method, site, hook.shape.n_layer)
         rows, cols = (d_rows if rows is None else rows), (d_cols if cols is None else cols)
     need = "residual" if method == "caa" else site
     if need not in contrast.diffs:
         raise BadInputError(f"the statistics hold no {need} differences; gather them with sites including '{need}'")
-    configs: List[Steering] = [BASELINE]
-    configs += [config_for(hook, contrast, method, site, r, c, rank_by, seed) for r in rows for c in cols]
+    cells = [config_for(hook, contrast, method, site, r, c, rank_by, seed) for r in rows for c in cols]
+    if compose_with is not None or gate is not None:
+        cells = [Steering.compose([compose_with, cell] if compose_with is not None else [cell], name=cell.name, gate=gate)
+                 for cell in cells]
+    configs: List[Steering] = [compose_with if compose_with is not None else BASELINE] + cells
     scores = score_items(hook, dev, configs, positions=positions, progress=progress)
     correct = scores.correct(normalize)
     acc = correct.mean(axis=1)

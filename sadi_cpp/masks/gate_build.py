@@ -34,6 +34,7 @@ from sadi_cpp import __version__
 from sadi_cpp.data.pairs import PairsLike, pair_set
 from sadi_cpp.errors import BadInputError
 from sadi_cpp.gate import Gate
+from sadi_cpp.llama.batch import BatchRow
 from sadi_cpp.masks.fingerprint import hook_fingerprint
 
 if TYPE_CHECKING:  # annotations only: the hook is handed in, never made here
@@ -117,17 +118,34 @@ def auc(pos: np.ndarray, neg: np.ndarray) -> float:
 def last_token_residuals(hook: Hook, texts: Sequence[str], progress: Optional[Callable[[int], None]] = None
                          ) -> Tuple[np.ndarray, List[int]]:
     """The residual stream after every layer at each text's last token [n_used, n_layer, n_embd],
-    and the indices of the texts used (a text longer than the context is left out)."""
-    used: List[int] = []
+    and the indices of the texts used (a text longer than a decode is left out). Many texts per
+    decode, each in a sequence of its own."""
+    tokens = [hook.tokenize(t) for t in texts]
+    budget = min(hook.n_ctx, hook.n_batch)
+    used = [i for i, t in enumerate(tokens) if len(t) <= budget]
+    if progress is not None and len(used) < len(texts):
+        progress(len(texts) - len(used))
+    group: List[int] = []
     with hook.recording(sites=("residual",), positions="last") as rec:
-        for i, text in enumerate(texts):
-            tokens = hook.tokenize(text)
-            if len(tokens) <= hook.n_ctx:
-                hook.rewind(0)
-                hook.eval(tokens)
-                used.append(i)
+        def flush() -> None:
+            rows = [BatchRow(t, p, (seq,), False, 0 if p == len(tokens[i]) - 1 else -1)
+                    for seq, i in enumerate(group) for p, t in enumerate(tokens[i])]
+            hook.kv_clear()
+            hook.decode(rows)  # rows recorded in batch order: the group's order
             if progress is not None:
-                progress(1)
+                progress(len(group))
+            group.clear()
+
+        size = 0
+        for i in used:
+            if group and (size + len(tokens[i]) > budget or len(group) == hook.n_seq_max):
+                flush()
+                size = 0
+            group.append(i)
+            size += len(tokens[i])
+        if group:
+            flush()
+    hook.kv_clear()
     return (rec.values("residual") if used else np.zeros((0, hook.shape.n_layer, hook.shape.n_embd), np.float32)), used
 
 
