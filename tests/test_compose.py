@@ -132,6 +132,12 @@ def test_generate_and_eval_take_several_masks(tiny_path, tmp_path):
         out = tmp_path / f"{site}.sadi.gguf"
         assert runner.invoke(app, ["build-mask", str(pairs), str(tiny_path), "--site", site, "-o", str(out), "-q"]).exit_code == 0
         masks.append(str(out))
+    shown = runner.invoke(app, ["inspect", masks[0], masks[1], masks[0], "--json"])
+    assert shown.exit_code == 0, shown.output
+    composition = json.loads(shown.stdout)["composition"]
+    # build-mask's default K: 5 heads, 100 neurons; the head mask given twice shares all its 5 units with itself
+    assert composition["n_units"] == 5 + 100
+    assert len(composition["shared_units"]) == 5 and {u["site"] for u in composition["shared_units"]} == {"head"}
     args = ["generate", "Hello", "-m", str(tiny_path), "-n", "6", "--json", "--mask", masks[0], "--delta", "4",
             "--mask", masks[1], "--delta", "-2"]
     res = runner.invoke(app, args)

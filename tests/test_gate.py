@@ -183,8 +183,9 @@ def gate_pairs(tmp_path, name="gate_pairs.jsonl", n=12, offset=0):
 
 
 def test_a_gate_file_round_trips_and_is_refused_where_it_does_not_belong(tiny_path, tmp_path, make_llama):
-    from helpers import bad
+    from helpers import bad, runner
 
+    from sadi_cpp.cli import app
     from sadi_cpp.masks.gate_file import load_gate, save_gate
     from sadi_cpp.masks.fingerprint import hook_fingerprint
     from sadi_cpp.masks.mask import SadiMask
@@ -206,7 +207,9 @@ def test_a_gate_file_round_trips_and_is_refused_where_it_does_not_belong(tiny_pa
     with pytest.raises(BadInputError, match="does not match its checksum"):
         load_gate(damaged)
     bad(["generate", "Hi", "-m", str(tiny_path), "--mask", str(path)], "a sadi-cpp gate, not a mask")
-    bad(["inspect-gate", str(tiny_path)], "a GGUF model", "not a sadi-cpp gate")
+    bad(["inspect", str(tiny_path)], "a GGUF model", "not a sadi-cpp mask")
+    shown = runner.invoke(app, ["inspect", str(path)])
+    assert shown.exit_code == 0 and "kind: gate" in shown.stdout and "layer: 1" in shown.stdout, shown.output
 
 
 def test_build_gate_separates_held_out_texts_and_generate_and_eval_use_it(tiny_path, tmp_path):
@@ -228,7 +231,7 @@ def test_build_gate_separates_held_out_texts_and_generate_and_eval_use_it(tiny_p
     chosen = json.loads(tuned.stdout)["threshold"]
     gate = load_gate(out)
     assert chosen["on"] == "dev" and gate.threshold == chosen["threshold"] and json.loads(gate.tuned)["on"] == "dev"
-    shown = runner.invoke(app, ["inspect-gate", str(out)])
+    shown = runner.invoke(app, ["inspect", str(out)])
     assert shown.exit_code == 0 and "chosen: threshold" in shown.stdout and "on dev" in shown.stdout, shown.output
     mask = tmp_path / "m.sadi.gguf"
     assert runner.invoke(app, ["build-mask", str(pairs), str(tiny_path), "--site", "neuron", "-o", str(mask), "-q"]).exit_code == 0

@@ -3,6 +3,7 @@ progress bar, option types and small option parsers."""
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import time
@@ -249,7 +250,6 @@ def steering_of(parts: List[Tuple[Any, float]], hook: Any, weighting: str, gate:
     """The Steering of the masks (each checked against the model; a note where one was built on
     another quantization of it): one mask as it is, several composed; ``gate`` (a loaded Gate,
     checked against the model too) gates it."""
-    from sadi_cpp.masks.gate_file import gate_fits
     from sadi_cpp.steering import Steering
 
     made = []
@@ -258,11 +258,20 @@ def steering_of(parts: List[Tuple[Any, float]], hook: Any, weighting: str, gate:
         if note:
             err.print(f"note: {note}", soft_wrap=True)
         made.append(Steering(m.units(), delta, weights=m.weights(weighting)))
+    fitted_gate(gate, hook)
+    return Steering(made[0].mask, made[0].delta, weights=made[0].weights, gate=gate) if len(made) == 1 else Steering.compose(made, gate=gate)
+
+
+def fitted_gate(gate: Any, hook: Any) -> Any:
+    """``gate`` (None passes) checked against the model, with a note where it was built on another
+    quantization of it."""
+    from sadi_cpp.masks.gate_file import gate_fits
+
     if gate is not None:
         note = gate_fits(gate, hook)
         if note:
             err.print(f"note: {note}", soft_wrap=True)
-    return Steering(made[0].mask, made[0].delta, weights=made[0].weights, gate=gate) if len(made) == 1 else Steering.compose(made, gate=gate)
+    return gate
 
 
 def gate_line(result: Any, gate: Any) -> str:
@@ -271,6 +280,37 @@ def gate_line(result: Any, gate: Any) -> str:
         return "gate: not scored (no prompt token was steered)"
     verdict = "fired: the output is steered" if result.fired else "did not fire: the output is unsteered"
     return f"gate {gate.name or ''}: score {result.score:.4f} {'>=' if result.fired else '<'} threshold {gate.threshold:.4f}, {verdict}"
+
+
+def threshold_line(found: Dict[str, Any]) -> str:
+    """One line on a threshold and what it gave where it was measured."""
+    def num(x: Any) -> str:
+        return "-" if x is None else f"{x:.3f}"
+
+    def ci(x: Any) -> str:
+        return "" if not x or x[0] is None else f" [{x[0]:.3f}, {x[1]:.3f}]"
+
+    return (f"threshold {found['threshold']:.4f} on {found['on']} ({found['positives']} should fire, {found['negatives']} "
+            f"should not): precision {num(found['precision'])}{ci(found.get('precision_95ci'))}, recall "
+            f"{num(found['recall'])}{ci(found.get('recall_95ci'))}" + (f", AUC {found['auc']:.3f}" if "auc" in found else ""))
+
+
+def gate_info(g: Any, path: Any) -> Dict[str, Any]:
+    """What inspect reports of a gate."""
+    tuned = json.loads(g.tuned) if g.tuned else None
+    return {"file": str(path), "kind": "gate", "name": g.name, "layer": g.layer, "threshold": g.threshold,
+            "n_pairs": g.n_pairs, "pairs_sha256": g.pairs_sha256, "tool_version": g.tool_version, "model": g.model,
+            "tuned": tuned}
+
+
+def print_gate(info: Dict[str, Any]) -> None:
+    for key in ("kind", "name", "layer", "threshold", "n_pairs", "pairs_sha256", "tool_version"):
+        out.print(f"{key}: {plain(info[key])}", soft_wrap=True)
+    mdl = info["model"]
+    out.print(plain(f"model: {mdl['arch']}, n_layer {mdl['n_layer']}, n_embd {mdl['n_embd']}, tensors {mdl['tensors_sha256'][:16]}"))
+    tuned = info["tuned"]
+    if isinstance(tuned, dict) and {"threshold", "on", "positives", "negatives", "precision", "recall"} <= set(tuned):
+        out.print(plain("chosen: " + threshold_line(tuned)), soft_wrap=True)
 
 
 def tuned_line(tuned: Any) -> str:

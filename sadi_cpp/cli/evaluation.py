@@ -14,7 +14,7 @@ from typing_extensions import Annotated
 
 from sadi_cpp.cli.common import (
     JsonOut, Model, NCtx, NoCache, Norm, Positions, Quiet, Site, Threads, answers_line, app, choice_names, constant_warning,
-    err, errors, floats, interval, ints, load_masks, load_model, note_kept, out, progress_bar, steering_of,
+    err, errors, fitted_gate, floats, interval, ints, load_masks, load_model, note_kept, out, progress_bar, steering_of,
 )
 from sadi_cpp.errors import BadInputError
 from sadi_cpp.files import check_output
@@ -120,27 +120,12 @@ def tune(
     from sadi_cpp.evaluation.tune import check_grid, save_tuned, tune_fixed_baseline
     from sadi_cpp.evaluation.tune import tune as run_tune
     from sadi_cpp.masks.stats_cache import gather
-    from sadi_cpp.masks.gate_file import load_gate
     from sadi_cpp.positions import check_gated, check_policy
     from sadi_cpp.sites import check_site
 
     check_site(site)
     check_gated(check_policy(positions), gate is not None)
-    if (with_mask or gate is not None) and method != "sadi":
-        raise BadInputError("--with-mask and --gate tune a SADI mask (--method sadi)")
-    if with_delta and not with_mask:
-        raise BadInputError("--with-delta gives the delta of a --with-mask")
-    companions = load_masks(with_mask, with_delta, None, "uniform") if with_mask else []
-    gated = load_gate(gate) if gate is not None else None
-    if output is not None and method in ("fixed", "random"):
-        raise BadInputError(f"--method {method} is an ablation: tune prints its grid but writes no file (drop -o)")
-    for target, what in ((output, "output"), (plot, "plot")):  # refuse before the minutes of work, not after
-        if target is not None:
-            check_output(target, what)
-    from sadi_cpp.evaluation.interventions import METHODS
-
-    if method not in METHODS:
-        raise BadInputError(f"unknown method '{method}': use one of {', '.join(METHODS)}", field="method")
+    companions, gated = _tune_checks(method, output, plot, with_mask, with_delta, gate)
     rows, cols = ints(k_grid, "--k-grid"), floats(delta_grid, "--delta-grid")
     pairs = read_pairs(train)
     if limit_train is not None:
@@ -150,12 +135,7 @@ def tune(
     hook = load_model(model, n_ctx, threads)
     rows, cols = check_grid(method, rows, cols, hook.shape, site)  # against the model, before any decode
     compose_with = steering_of(companions, hook, "uniform") if companions else None
-    if gated is not None:
-        from sadi_cpp.masks.gate_file import gate_fits
-
-        note = gate_fits(gated, hook)
-        if note:
-            err.print(f"note: {note}", soft_wrap=True)
+    fitted_gate(gated, hook)
     with progress_bar("pairs", len(pairs), quiet, plain=as_json) as step:
         contrast, cache, reused = gather(hook, pairs, ("residual",) if method == "caa" else (site,), progress=step,
                                          use_cache=not no_cache)
@@ -168,11 +148,7 @@ def tune(
                           compose_with=compose_with, gate=gated)
     report = dict(result.as_dict(), train=str(train), dev=str(dev), n_pairs=contrast.n_used,
                   statistics={"cache": None if cache is None else str(cache), "reused": reused})
-    if companions:
-        report["composed_with"] = [{"mask": str(p), "site": m.site, "top_k": m.top_k, "delta": d}
-                                   for p, (m, d) in zip(with_mask or [], companions)]
-    if gated is not None:
-        report["gate"] = {"file": str(gate), "layer": gated.layer, "threshold": gated.threshold}
+    report.update(_extras_report(with_mask, companions, gate, gated))
     if method == "sadi":  # the fixed baseline at its best on the same units, for eval's default
         with progress_bar("items", len(items), quiet, plain=as_json, label="fixed baseline: items") as step:
             report["fixed"] = tune_fixed_baseline(hook, contrast, result, items, rank_by, progress=step)
@@ -187,6 +163,37 @@ def tune(
         out.print_json(json.dumps(report))
         return
     _print_tune(result, report, items, written)
+
+
+def _tune_checks(method: str, output: Optional[Path], plot: Optional[Path], with_mask: Optional[List[Path]],
+                 with_delta: Optional[List[float]], gate: Optional[Path]) -> Tuple[List[Tuple[Any, float]], Any]:
+    """tune's options checked before the model loads (refused before the minutes of work, not
+    after); returns the --with-mask masks with their deltas and the --gate."""
+    from sadi_cpp.evaluation.interventions import METHODS
+    from sadi_cpp.masks.gate_file import load_gate
+
+    if method not in METHODS:
+        raise BadInputError(f"unknown method '{method}': use one of {', '.join(METHODS)}", field="method")
+    if output is not None and method in ("fixed", "random"):
+        raise BadInputError(f"--method {method} is an ablation: tune prints its grid but writes no file (drop -o)")
+    for target, what in ((output, "output"), (plot, "plot")):
+        if target is not None:
+            check_output(target, what)
+    if (with_mask or gate is not None) and method != "sadi":
+        raise BadInputError("--with-mask and --gate tune a SADI mask (--method sadi)")
+    if with_delta and not with_mask:
+        raise BadInputError("--with-delta gives the delta of a --with-mask")
+    return (load_masks(with_mask, with_delta, None, "uniform") if with_mask else []), (load_gate(gate) if gate is not None else None)
+
+
+def _extras_report(with_mask: Optional[List[Path]], companions: List[Tuple[Any, float]], gate: Optional[Path], gated: Any) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    if companions:
+        out["composed_with"] = [{"mask": str(p), "site": m.site, "top_k": m.top_k, "delta": d}
+                                for p, (m, d) in zip(with_mask or [], companions)]
+    if gated is not None:
+        out["gate"] = {"file": str(gate), "layer": gated.layer, "threshold": gated.threshold}
+    return out
 
 
 def _print_tune(result: Any, report: Dict[str, Any], items: Any, written: Optional[Path]) -> None:

@@ -1,4 +1,4 @@
-"""Commands around gates: build-gate, tune-gate, inspect-gate."""
+"""Commands around gates: build-gate, tune-gate (inspect shows gates too)."""
 
 from __future__ import annotations
 
@@ -9,23 +9,12 @@ from typing import Any, Dict, Optional
 import typer
 from typing_extensions import Annotated
 
-from sadi_cpp.cli.common import JsonOut, Model, ModelArg, NCtx, Threads, app, errors, load_model, one_model, out, plain, progress_bar
+from sadi_cpp.cli.common import (
+    JsonOut, Model, ModelArg, NCtx, Threads, app, errors, load_model, one_model, out, progress_bar, threshold_line,
+)
 from sadi_cpp.files import check_output
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary.")]
-
-
-def threshold_line(found: Dict[str, Any]) -> str:
-    """One line on a threshold and what it gave where it was measured."""
-    def num(x: Any) -> str:
-        return "-" if x is None else f"{x:.3f}"
-
-    def ci(x: Any) -> str:
-        return "" if not x or x[0] is None else f" [{x[0]:.3f}, {x[1]:.3f}]"
-
-    return (f"threshold {found['threshold']:.4f} on {found['on']} ({found['positives']} should fire, {found['negatives']} "
-            f"should not): precision {num(found['precision'])}{ci(found.get('precision_95ci'))}, recall "
-            f"{num(found['recall'])}{ci(found.get('recall_95ci'))}" + (f", AUC {found['auc']:.3f}" if "auc" in found else ""))
 
 
 @app.command("build-gate")
@@ -114,27 +103,3 @@ def tune_gate_cmd(
         if "test" in report:
             out.print("test: " + threshold_line(report["test"]), soft_wrap=True)
         out.print(f"gate written to {target}", soft_wrap=True, highlight=False)
-
-
-@app.command("inspect-gate")
-@errors
-def inspect_gate(
-    gate_file: Annotated[Path, typer.Argument(help="Gate sidecar (.sadi.gguf) from build-gate.")],
-    as_json: JsonOut = False,
-) -> None:
-    """Show a gate: its layer, threshold, how the threshold was chosen, the model it fits."""
-    from sadi_cpp.masks.gate_file import load_gate
-
-    g = load_gate(gate_file)
-    tuned = json.loads(g.tuned) if g.tuned else None
-    info = {"file": str(gate_file), "name": g.name, "layer": g.layer, "threshold": g.threshold, "n_pairs": g.n_pairs,
-            "pairs_sha256": g.pairs_sha256, "tool_version": g.tool_version, "model": g.model, "tuned": tuned}
-    if as_json:
-        out.print_json(json.dumps(info))
-        return
-    for key in ("name", "layer", "threshold", "n_pairs", "pairs_sha256", "tool_version"):
-        out.print(f"{key}: {plain(info[key])}", soft_wrap=True)
-    mdl = g.model
-    out.print(plain(f"model: {mdl['arch']}, n_layer {mdl['n_layer']}, n_embd {mdl['n_embd']}, tensors {mdl['tensors_sha256'][:16]}"))
-    if isinstance(tuned, dict) and {"threshold", "on", "positives", "negatives", "precision", "recall"} <= set(tuned):
-        out.print(plain("chosen: " + threshold_line(tuned)), soft_wrap=True)

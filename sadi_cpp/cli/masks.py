@@ -5,16 +5,18 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
+import numpy as np
 import typer
 from rich.table import Table
 from typing_extensions import Annotated
 
 from sadi_cpp.cli.common import (
-    JsonOut, Model, ModelArg, NCtx, NoCache, Site, Threads, app, err, errors, gate_line, load_masks, load_model, one_model, out, plain,
-    progress_bar, steering_of, tuned_line, units_table,
+    JsonOut, Model, ModelArg, NCtx, NoCache, Site, Threads, app, err, errors, gate_info, gate_line, load_masks, load_model, one_model,
+    out, plain, print_gate, progress_bar, steering_of, tuned_line, units_table,
 )
+from sadi_cpp.errors import BadInputError
 from sadi_cpp.files import check_output
 
 
@@ -149,31 +151,77 @@ def generate(
 @app.command()
 @errors
 def inspect(
-    mask: Annotated[Path, typer.Argument(help="Mask sidecar (.sadi.gguf).")],
+    files: Annotated[List[Path], typer.Argument(help="Mask or gate sidecars (.sadi.gguf); several masks are also shown as one composition.")],
     top: Annotated[int, typer.Option("--top", help="How many units to list.")] = 10,
-    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a layer x unit heatmap of mean differences (PNG).")] = None,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a layer x unit heatmap of mean differences (PNG; one mask).")] = None,
     as_json: JsonOut = False,
 ) -> None:
-    """Show a mask: its metadata, the model it fits, its top units."""
+    """Show masks and gates: metadata, the model they fit, top units; several masks composed."""
+    from sadi_cpp.masks.gate_file import load_gate
     from sadi_cpp.masks.mask import SadiMask
 
     if plot is not None:
         check_output(plot, "plot")
-    m = SadiMask.load(mask)
-    info = {
-        "file": str(mask), "site": m.site, "top_k": m.top_k, "delta": m.delta, "positions": m.positions,
+        if len(files) != 1:
+            raise BadInputError("--plot draws one mask: give one file")
+    infos, masks = [], []
+    for path in files:
+        if _is_gate(path):
+            infos.append(gate_info(load_gate(path), path))
+            continue
+        m = SadiMask.load(path)
+        masks.append((path, m))
+        infos.append(_mask_info(m, path, top))
+    if plot is not None:
+        if not masks:
+            raise BadInputError(f"{files[0]}: a gate has no units to draw; --plot draws a mask")
+        from sadi_cpp.plot import plot_mask
+
+        plot_mask(masks[0][1], plot)
+        infos[0]["plot"] = str(plot)
+    composition = _composition(masks) if len(masks) > 1 else None
+    if as_json:
+        out.print_json(json.dumps(infos[0] if len(infos) == 1 else {"files": infos, "composition": composition}))
+        return
+    for k, info in enumerate(infos):
+        if len(infos) > 1:
+            out.print(plain(f"== {info['file']}"), soft_wrap=True)
+        if info.get("kind") == "gate":
+            print_gate(info)
+            continue
+        m = dict(masks)[files[k]] if len(masks) > 1 else masks[0][1]
+        _print_mask(info, m, top)
+    if composition is not None:
+        shared = composition["shared_units"]
+        out.print(plain(f"composed (each at its own delta): {composition['n_units']} units; {len(shared)} selected by more than "
+                        "one mask, where the deltas add" + (": " + ", ".join(f"{u['site']} layer {u['layer']} unit {u['unit']}"
+                                                                          for u in shared[:10]) if shared else "")), soft_wrap=True)
+    if plot is not None:
+        out.print(f"heatmap written to {plot}", soft_wrap=True)
+
+
+def _is_gate(path: Path) -> bool:
+    """True when the file reads as a gate sidecar; anything else goes to the mask reader, whose
+    errors say what the file is."""
+    from sadi_cpp.errors import SadiError
+    from sadi_cpp.masks.sidecar import kind_of
+
+    try:
+        return path.is_file() and kind_of(path) == "gate"
+    except (SadiError, OSError):
+        return False
+
+
+def _mask_info(m: Any, path: Path, top: int) -> Dict[str, Any]:
+    return {
+        "file": str(path), "site": m.site, "top_k": m.top_k, "delta": m.delta, "positions": m.positions,
         "rank_by": m.rank_by, "n_pairs": m.n_pairs, "pairs_sha256": m.pairs_sha256, "tool_version": m.tool_version,
         "model": m.model, "top_units": [{"layer": l, "unit": u, "mean_diff": v} for l, u, v in m.top_units(top)],
         "tuned": json.loads(m.tuned) if m.tuned_record else None,
     }
-    if plot is not None:
-        from sadi_cpp.plot import plot_mask
 
-        plot_mask(m, plot)
-        info["plot"] = str(plot)
-    if as_json:
-        out.print_json(json.dumps(info))
-        return
+
+def _print_mask(info: Dict[str, Any], m: Any, top: int) -> None:
     for key in ("site", "top_k", "delta", "positions", "rank_by", "n_pairs", "pairs_sha256", "tool_version"):
         out.print(f"{key}: {plain(info[key])}", soft_wrap=True)
     mdl = m.model
@@ -183,8 +231,17 @@ def inspect(
     if tuned:
         out.print(plain(f"tuned: {tuned_line(tuned)}"), soft_wrap=True)
     out.print(units_table(m, top))
-    if plot is not None:
-        out.print(f"heatmap written to {plot}", soft_wrap=True)
+
+
+def _composition(masks: List[Any]) -> Dict[str, Any]:
+    """What several masks select together: units in total, and those more than one selects."""
+    seen: Dict[Any, int] = {}
+    for _, m in masks:
+        for layer, unit in zip(*np.nonzero(m.mask)):
+            key = (m.site, int(layer), int(unit))
+            seen[key] = seen.get(key, 0) + 1
+    shared = [{"site": s, "layer": l, "unit": u, "masks": n} for (s, l, u), n in sorted(seen.items()) if n > 1]
+    return {"n_units": len(seen), "shared_units": shared}
 
 
 @app.command()
