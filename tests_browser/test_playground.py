@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from browser import Browser, find_browser
-from server_helpers import Server, write_random_masks
+from server_helpers import Server, write_random_gates, write_random_masks
 from tiny_model import TinyLlama
 
 
@@ -61,3 +61,42 @@ def test_playground_streams_both_answers_side_by_side(browser: Browser, tmp_path
     assert page["plain"] == plain
     assert page["steered"] == steered["choices"][0]["text"]
     assert page["plain"] != page["steered"]
+
+
+def test_playground_composes_two_masks_and_shows_the_gate(browser: Browser, tmp_path: Path):
+    model = TinyLlama().write(tmp_path / "tiny.gguf")
+    write_random_masks(model, tmp_path, {"tiny.head": ("head", 3, 9.0), "tiny.neuron": ("neuron", 20, 15.0)})
+    write_random_gates(model, tmp_path, {"always": (0, -1.0), "never": (1, 1.0)})
+    with Server([str(model), "--masks", str(tmp_path), "--n-ctx", "128"]) as srv:
+        browser.call("Page.enable")
+        browser.call("Page.navigate", url=srv.url + "/")
+        gates = browser.wait_for("document.querySelectorAll('#gate option').length === 3 && "
+                                 "[...document.querySelectorAll('#gate option')].map(o => o.value)")
+        assert gates == ["", "always", "never"]
+        pages = {}
+        for gate in ("never", "always"):
+            browser.eval("document.getElementById('mask2').value = 'tiny.neuron';"
+                         "document.getElementById('mask2').dispatchEvent(new Event('change'));"
+                         f"document.getElementById('gate').value = '{gate}';"
+                         "document.getElementById('positions').value = 'last+generated';"
+                         "document.getElementById('prompt').value = 'Hello';"
+                         "document.getElementById('max-tokens').value = '24';"
+                         "document.getElementById('run').click()")
+            browser.wait_for("document.getElementById('plain').dataset.done === 'true' && "
+                             "document.getElementById('steered').dataset.done === 'true'")
+            pages[gate] = browser.eval("({plain: document.getElementById('plain').textContent,"
+                                       " steered: document.getElementById('steered').textContent,"
+                                       " title: document.getElementById('steered-title').textContent,"
+                                       " gate: document.getElementById('gate-result').textContent,"
+                                       " status: document.getElementById('status').textContent})")
+        base = {"prompt": "Hello", "max_tokens": 24, "temperature": 0}
+        composed = [{"mask": "tiny.head", "delta": 9, "positions": "last+generated", "gate": "always"},
+                    {"mask": "tiny.neuron", "delta": 15}]
+        steered = srv.post("/v1/completions", {**base, "sadi": composed})[1]
+    never, always = pages["never"], pages["always"]
+    assert never["status"] == always["status"] == ""
+    assert always["title"] == "steered: tiny.head, delta 9 + tiny.neuron, delta 15, last+generated, gate always"
+    assert never["gate"].startswith("gate never: score ") and never["gate"].endswith("did not fire: this answer is unsteered")
+    assert never["steered"] == never["plain"]
+    assert always["gate"].startswith("gate always: score ") and always["gate"].endswith("fired: steered")
+    assert always["steered"] == steered["choices"][0]["text"] != always["plain"]
