@@ -142,6 +142,34 @@ def test_gated_requests_report_the_decision_and_follow_it(served: Server):
     assert chat[-1].model_extra["sadi"]["gate"]["fired"] is False
 
 
+def test_composed_and_gated_requests_with_the_openai_client_answer_in_a_batch_as_alone(served: Server):
+    c = client(served)
+    mix = [None, {"mask": "tiny.head"}, [{"mask": "tiny.head", "delta": 4}, {"mask": "tiny.neuron", "delta": -3}],
+           {"mask": "tiny.neuron", "delta": 15, "positions": "last+generated", "gate": "always"},
+           [{"mask": "tiny.hidden", "delta": 6, "positions": "last+generated", "gate": "tiny.gate"}, {"mask": "tiny.head", "delta": 5}],
+           {"mask": "tiny.head", "delta": 12, "gate": "never"}] * 3
+
+    def ask(i: int) -> Any:
+        words = "".join(chr(97 + (7 * i + k) % 26) for k in range(5 + i % 7))
+        r = c.completions.create(model="x", prompt=words, max_tokens=10 + i % 5, temperature=0, logprobs=0,
+                                 extra_body={"sadi": mix[i]})
+        lp = r.choices[0].logprobs
+        return r.choices[0].text, (lp.token_logprobs if lp else []), r.model_extra["sadi"]
+
+    before = served.get("/health")[1]["decodes"]
+    with ThreadPoolExecutor(len(mix)) as pool:
+        together = list(pool.map(ask, range(len(mix))))
+    assert served.get("/health")[1]["decodes"] - before < sum(len(t[1]) for t in together)  # they shared decodes
+    tol = logprob_tolerance(TinyLlama())
+    for i, (t, a) in enumerate(zip(together, [ask(i) for i in range(len(mix))])):
+        assert t[0] == a[0], (i, mix[i])
+        assert np.abs(np.array(t[1]) - np.array(a[1])).max(initial=0) <= tol
+        t_score, a_score = _pop_gate_score(t[2]), _pop_gate_score(a[2])
+        assert t[2] == a[2] and (a_score is None) == (t_score is None)
+        if a_score is not None:
+            assert abs(t_score - a_score) <= GATE_TOL
+
+
 def test_stop_strings_end_the_answer(served: Server):
     c = client(served)
     full = c.completions.create(model="x", prompt="Hello", max_tokens=24, temperature=0).choices[0].text
