@@ -1,6 +1,6 @@
 """Gates on the default model: a real condition, and one use that shows what a gate is for.
 
-    python scripts/gate_results.py --threads 2      # about 12 min on 2 cores (measured)
+    python scripts/gate_results.py --threads 2      # 22 min on 2 cores, other work running (measured)
 
 1. A sentiment gate: fires on negative SST-2 reviews, not on positive ones. Built from 400 pairs
    (sst2/train.jsonl rows 2001 on: each negative review's prompt paired with a positive one's),
