@@ -27,6 +27,10 @@ SHAPES = [
     r"unsteered\s+┃ steered \(head, K=5, delta=9\)",  # generate --compare
     r"architecture gemma3: n_layer 18",  # check
     r"head\s+ok: kqv_out-L",
+    r"gate written to .*complaint_pairs\.gate\.sadi\.gguf",  # build-gate
+    r"steered \(head, K=5, delta=9; gate",  # generate --gate
+    r"score -?[0-9.]+ >= threshold -?[0-9.]+, fired",
+    r"score -?[0-9.]+ < threshold -?[0-9.]+, did not fire",
     r"steered \(head, K=5, delta=4\)",  # SmolLM2 chat
     r"dev accuracy, 64 items",  # tune
     r"held-out check: ",
