@@ -9,7 +9,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data"
@@ -69,3 +69,17 @@ def write_json(name: str, obj: Dict[str, Any]) -> Path:
     path.write_text(json.dumps(obj, indent=1))
     print(f"wrote {path}")
     return path
+
+
+def ratio_table(runs: Dict[str, Dict[str, List[float]]], ref: str) -> Tuple[List[List[Any]], Dict[str, Dict[str, Any]]]:
+    """Rows [name, prompt tok/s, ratio, generated tok/s, ratio] and their JSON: medians of each
+    configuration's runs, ratios per round and prompt (the same position in every run list) to
+    ``ref``, so that the machine's drift cancels, then their median."""
+    rows, out = [], {}
+    for name, r in runs.items():
+        p, g = median(r["prompt_tps"]), median(r["gen_tps"])
+        pr = median([a / b for a, b in zip(r["prompt_tps"], runs[ref]["prompt_tps"])])
+        gr = median([a / b for a, b in zip(r["gen_tps"], runs[ref]["gen_tps"])])
+        rows.append([name, round(p, 1), round(pr, 3), round(g, 1), round(gr, 3)])
+        out[name] = {"prompt_tps": p, "prompt_ratio": pr, "gen_tps": g, "gen_ratio": gr, "runs": r}
+    return rows, out

@@ -24,7 +24,7 @@ import sadi_cpp
 from sadi_cpp.sites import DEFAULT_TOP_K
 from sadi_cpp.models import default_model_path
 
-from _common import machine, median, print_table, write_json
+from _common import machine, print_table, ratio_table, write_json
 
 PROMPTS = [
     "The history of the printing press begins in the fifteenth century, when a goldsmith in Mainz "
@@ -96,14 +96,7 @@ def main() -> None:
             hook.clear_steering()
         print(f"round {rep + 1}/{args.repeats} done", flush=True)
     ref = "hooked, unsteered"
-    rows, out = [], {}
-    for name in configs:
-        p, g = median(runs[name]["prompt_tps"]), median(runs[name]["gen_tps"])
-        # ratios per round pairs (same round, same prompt) to cancel the machine's drift
-        pr = median([a / b for a, b in zip(runs[name]["prompt_tps"], runs[ref]["prompt_tps"])])
-        gr = median([a / b for a, b in zip(runs[name]["gen_tps"], runs[ref]["gen_tps"])])
-        rows.append([name, round(p, 1), round(pr, 3), round(g, 1), round(gr, 3)])
-        out[name] = {"prompt_tps": p, "prompt_ratio": pr, "gen_tps": g, "gen_ratio": gr, "runs": runs[name]}
+    rows, out = ratio_table(runs, ref)
     print()
     print_table(["configuration", "prompt tok/s", "ratio", "generated tok/s", "ratio"], rows)
     write_json("steering.json", {"machine": machine(), "args": vars(args), "prompt_tokens": [len(t) for t in token_lists],

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import typer
 from typing_extensions import Annotated
 
 from sadi_cpp.cli.common import (
-    JsonOut, Model, ModelArg, NCtx, Threads, app, errors, load_model, one_model, out, progress_bar, threshold_line,
+    JsonOut, Model, ModelArg, NCtx, Threads, app, errors, fitted_gate, load_model, one_model, out, progress_bar, threshold_line,
 )
 from sadi_cpp.files import check_output
 
@@ -34,8 +34,8 @@ def build_gate_cmd(
 ) -> None:
     """Build a gate (a condition that decides per input whether a steering acts) and save it as a sidecar."""
     from sadi_cpp.data.pairs import read_pairs
-    from sadi_cpp.masks.gate_build import build_gate, check_gate
-    from sadi_cpp.masks.gate_file import default_gate_path, save_gate
+    from sadi_cpp.masks.gate_build import build_gate
+    from sadi_cpp.masks.gate_file import default_gate_path
 
     model = one_model(model_arg, model)
     if output is not None:
@@ -47,21 +47,10 @@ def build_gate_cmd(
     target = check_output(output or default_gate_path(hook.model_path, pairs), "gate file")
     with progress_bar("texts", 2 * (len(items) + len(dev_items or ())), quiet, plain=as_json) as step:
         gate, report = build_gate(hook, items, layer=layer, dev=dev_items, progress=step)
-    if test_items is not None:
-        with progress_bar("texts", 2 * len(test_items), quiet, plain=as_json, label="test") as step:
-            report["test"] = check_gate(hook, gate, test_items, step)
-    save_gate(gate, target)
-    report["gate"] = str(target)
-    if as_json:
-        out.print_json(json.dumps(report))
-    elif not quiet:
-        aucs = report["layer_auc"]
-        out.print(f"pairs used: {report['n_pairs']}; held-out AUC per layer: " + " ".join(f"{i}:{a:.2f}" for i, a in enumerate(aucs)),
-                  soft_wrap=True)
-        out.print(f"layer {report['layer']}; " + threshold_line(report["threshold"]), soft_wrap=True)
-        if "test" in report:
-            out.print("test: " + threshold_line(report["test"]), soft_wrap=True)
-        out.print(f"gate written to {target}", soft_wrap=True, highlight=False)
+    aucs = " ".join(f"{i}:{a:.2f}" for i, a in enumerate(report["layer_auc"]))
+    _finish(hook, gate, report, test_items, target, quiet, as_json,
+            [f"pairs used: {report['n_pairs']}; held-out AUC per layer: {aucs}",
+             f"layer {report['layer']}; " + threshold_line(report["threshold"])])
 
 
 @app.command("tune-gate")
@@ -79,18 +68,26 @@ def tune_gate_cmd(
 ) -> None:
     """Choose a gate's threshold on dev pairs (best balanced accuracy) and write it into the gate."""
     from sadi_cpp.data.pairs import read_pairs
-    from sadi_cpp.masks.gate_build import check_gate, tune_threshold
-    from sadi_cpp.masks.gate_file import gate_fits, load_gate, save_gate
+    from sadi_cpp.masks.gate_build import tune_threshold
+    from sadi_cpp.masks.gate_file import load_gate
 
     target = check_output(output or gate_file, "gate file")
     gate = load_gate(gate_file)
     dev_items = read_pairs(dev)
     test_items = read_pairs(test) if test is not None else None
     hook = load_model(model, n_ctx, threads)
-    gate_fits(gate, hook)
+    fitted_gate(gate, hook)
     with progress_bar("texts", 2 * len(dev_items), quiet, plain=as_json, label="dev") as step:
         gate, chosen = tune_threshold(hook, gate, dev_items, step)
-    report: Dict[str, Any] = {"threshold": chosen}
+    _finish(hook, gate, {"threshold": chosen}, test_items, target, quiet, as_json, [threshold_line(chosen)])
+
+
+def _finish(hook: Any, gate: Any, report: Dict[str, Any], test_items: Any, target: Path, quiet: bool, as_json: bool,
+            lines: List[str]) -> None:
+    """Measure on the test pairs (if any), write the gate, print the report (``lines`` first)."""
+    from sadi_cpp.masks.gate_build import check_gate
+    from sadi_cpp.masks.gate_file import save_gate
+
     if test_items is not None:
         with progress_bar("texts", 2 * len(test_items), quiet, plain=as_json, label="test") as step:
             report["test"] = check_gate(hook, gate, test_items, step)
@@ -98,8 +95,11 @@ def tune_gate_cmd(
     report["gate"] = str(target)
     if as_json:
         out.print_json(json.dumps(report))
-    elif not quiet:
-        out.print(threshold_line(chosen), soft_wrap=True)
-        if "test" in report:
-            out.print("test: " + threshold_line(report["test"]), soft_wrap=True)
-        out.print(f"gate written to {target}", soft_wrap=True, highlight=False)
+        return
+    if quiet:
+        return
+    if "test" in report:
+        lines.append("test: " + threshold_line(report["test"]))
+    for line in lines:
+        out.print(line, soft_wrap=True)
+    out.print(f"gate written to {target}", soft_wrap=True, highlight=False)
