@@ -72,7 +72,7 @@ def main() -> None:
     plain = Llama(path, **kw)
     hook = sadi_cpp.attach(Llama(path, **kw))
     configs: Dict[str, Any] = {"plain llama.cpp": None, "hooked, unsteered": "off"}
-    for site in sadi_cpp.SITES:
+    for site in hook.sites:  # the sites this model allows (a dense model has no expert site)
         for policy in ("last", "last+generated"):
             configs[f"{site} K={DEFAULT_TOP_K[site]}, {policy}"] = (random_mask(hook, site, DEFAULT_TOP_K[site]), policy)
     token_lists = [plain.tokenize(p.encode()) for p in PROMPTS]
