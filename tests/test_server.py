@@ -7,7 +7,7 @@ import http.client
 import json
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 import openai
@@ -48,8 +48,8 @@ def guarded(tmp_path_factory: pytest.TempPathFactory):
     a request may run 8,000 tokens (several seconds of decoding: the busy state the tests hold)."""
     root = tmp_path_factory.mktemp("guarded")
     model = TinyLlama().write(root / "tiny.gguf")
-    with Server([str(model), "--masks", str(root), "--n-parallel", "1", "--max-queue", "0", "--n-ctx", str(LONG + 64)],
-                api_key="sekrit") as srv:
+    with Server([str(model), "--masks", str(root), "--n-parallel", "1", "--max-queue", "0", "--n-ctx", str(LONG + 64),
+                 "--log-prompts"], api_key="sekrit") as srv:
         yield srv
 
 
@@ -168,6 +168,45 @@ def test_composed_and_gated_requests_with_the_openai_client_answer_in_a_batch_as
         assert t[2] == a[2] and (a_score is None) == (t_score is None)
         if a_score is not None:
             assert abs(t_score - a_score) <= GATE_TOL
+
+
+def _scrape(srv: Server) -> Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]:
+    """GET /metrics parsed with Prometheus' own parser: {(sample name, labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    status, text = srv.get("/metrics")
+    assert status == 200 and isinstance(text, str), text
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def test_metrics_move_with_requests_and_each_request_has_one_access_log_line(served: Server):
+    before = _scrape(served)
+    c = client(served)
+    r = c.completions.create(model="x", prompt="secret words", max_tokens=6, temperature=0,
+                             extra_body={"sadi": {"mask": "tiny.neuron", "gate": "always"}})
+    assert served.post("/v1/completions", {"prompt": "x", "top_p": 3})[0] == 400
+    assert served.get("/no/such/route")[0] == 404
+    wait_until(lambda: "GET other 404" in served.output(), "the access log line of the 404")
+    after = _scrape(served)
+
+    def moved(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert moved("sadi_requests_total", route="/v1/completions", status="200") == 1
+    assert moved("sadi_requests_total", route="/v1/completions", status="400") == 1
+    assert moved("sadi_requests_total", route="other", status="404") == 1  # a client cannot grow the label set
+    assert moved("sadi_prompt_tokens_total") == r.usage.prompt_tokens
+    assert moved("sadi_completion_tokens_total") == r.usage.completion_tokens
+    assert moved("sadi_steered_requests_total", mask="tiny.neuron") == 1
+    assert moved("sadi_gate_decisions_total", gate="always", fired="true") == 1
+    assert moved("sadi_decode_seconds_count") >= 1 and moved("sadi_decode_seconds_sum") > 0
+    assert after[("sadi_sequences_running", ())] >= 0 and after[("sadi_steering_configurations", ())] >= 1
+    lines = [l for l in served.output().splitlines() if " POST /v1/completions 200 " in l]
+    assert any(f"prompt_tokens={r.usage.prompt_tokens} completion_tokens={r.usage.completion_tokens} mask=tiny.neuron "
+               "gate=always fired=True" in l for l in lines), lines
+    assert "secret words" not in served.output()  # prompts stay out of the log unless --log-prompts
 
 
 def test_stop_strings_end_the_answer(served: Server):
@@ -376,6 +415,10 @@ def test_api_key_chat_template_and_busy(guarded: Server):
     assert guarded.get("/health")[1]["decodes"] - started < LONG // 2, "the answer ran on after its client left"
     status, reply = guarded.post("/v1/completions", {"prompt": "b", "max_tokens": 2})
     assert status == 200, reply
+    # metrics need the key too; with --log-prompts the access log shows each prompt
+    assert guarded.request("GET", "/metrics", headers={"Authorization": ""})[0] == 401
+    assert guarded.post("/v1/completions", {"prompt": "tell me about otters", "max_tokens": 2})[0] == 200
+    wait_until(lambda: "prompt='tell me about otters'" in guarded.output(), "the prompt in the access log")
 
 
 def test_playground_page_is_self_contained(served: Server):

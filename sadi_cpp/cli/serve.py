@@ -29,11 +29,13 @@ def serve(
     allowed_hosts: Annotated[Optional[str], typer.Option("--allowed-hosts", help="Host names requests may address, comma-separated (default: the loopback names when --host is loopback, else any).")] = None,
     max_connections: Annotated[int, typer.Option("--max-connections", help="Open connections at most; more are closed as they come.")] = 256,
     header_timeout: Annotated[float, typer.Option("--header-timeout", help="Seconds a connection has to send its request head; then it is closed.")] = 10.0,
+    log_prompts: Annotated[bool, typer.Option("--log-prompts", help="Write each request's prompt (its first 1000 characters) into the access log.")] = False,
     threads: Threads = None,
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API; each request may pick a mask ("sadi" field)."""
     try:
         from sadi_cpp.server import http
+        from sadi_cpp.server.metrics import enable_access_log
         from sadi_cpp.server.routes import local_hosts
         from sadi_cpp.server.service import Service
     except ImportError as e:
@@ -49,11 +51,14 @@ def serve(
         raise BadInputError(f"header_timeout must be in (0, 3600] seconds, got {header_timeout}", field="header_timeout")
     hosts = tuple(h.strip() for h in allowed_hosts.split(",") if h.strip()) if allowed_hosts else local_hosts(host)
     kv = CACHE_TYPES[cache_type]
-    service = Service.build(model, masks, n_parallel, n_ctx, chat_format, api_key, max_queue, hosts,
+    service = Service.build(model, masks, n_parallel, n_ctx, chat_format, api_key, max_queue, hosts, log_prompts,
                             **llama_kwargs(threads, type_k=kv, type_v=kv))
+    enable_access_log()
     lib = service.library
     out.print(f"model: {service.hook.model_path}", soft_wrap=True)
     out.print(plain(f"masks from {lib.folder}: {', '.join(lib.masks) or 'none'}"), soft_wrap=True)
+    if lib.gates:
+        out.print(plain(f"gates: {', '.join(lib.gates)}"), soft_wrap=True)
     for name, why in lib.skipped:
         err.print(plain(f"skipped {name}: {why}"), soft_wrap=True)
     for name, note in lib.notes:

@@ -13,7 +13,8 @@ import collections
 import itertools
 import logging
 import threading
-from typing import TYPE_CHECKING, Deque, Dict, List, Optional, Tuple
+import time
+from typing import TYPE_CHECKING, Callable, Deque, Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -54,6 +55,7 @@ class Batcher:
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="sadi-batcher", daemon=True)
         self.decodes = 0  # decode steps so far (for /health and the tests)
+        self.on_decode: Optional[Callable[[float], None]] = None  # called with each decode's seconds (metrics)
 
     # ---- called from other threads ----
 
@@ -204,8 +206,11 @@ class Batcher:
                 outputs.append(len(rows) - 1)
                 owners.append(job)
         try:
+            start = time.perf_counter()
             logits = self.hook.decode(rows, outputs)
             self.decodes += 1
+            if self.on_decode is not None:
+                self.on_decode(time.perf_counter() - start)
         except Exception as e:  # a failed decode fails its requests, never the server
             log.exception("decode failed")
             with self._cv:

@@ -1,5 +1,5 @@
 """The HTTP routes: OpenAI completions and chat (whole or streamed), the model and mask lists,
-health, and the playground page, and the FastAPI app that holds them. Each route hands its
+health, metrics, and the playground page, and the FastAPI app that holds them. Each route hands its
 request to the serving layer (serving.py)."""
 
 from __future__ import annotations
@@ -9,11 +9,13 @@ from importlib import resources
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.responses import HTMLResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from sadi_cpp.server import errors, limits
 from sadi_cpp.server.errors import ApiError
+from sadi_cpp.server.metrics import AccessLog, Metrics
 from sadi_cpp.server.protocol import ChatRequest, CompletionRequest
 from sadi_cpp.server.serving import Pending, Serving
 
@@ -35,6 +37,7 @@ def authorize(request: Request) -> None:
 
 
 async def _respond(s: Serving, pending: Pending, body: Any, request: Request) -> Any:
+    request.state.access = pending.info  # filled in as the answer goes out; the access log reads it at the end
     if body.stream:
         include_usage = bool((body.stream_options or {}).get("include_usage"))
         return StreamingResponse(s.stream(pending, include_usage), media_type="text/event-stream",
@@ -50,6 +53,11 @@ def playground() -> str:
 @router.get("/health")
 def health(s: Serving = Depends(serving)) -> Dict[str, Any]:
     return {"status": "ok", "model": s.model_id, "masks": len(s.library.masks), **s.batcher.status()}
+
+
+@router.get("/metrics", dependencies=[Depends(authorize)])
+def metrics(request: Request) -> Response:
+    return Response(generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/v1/models", dependencies=[Depends(authorize)])
@@ -72,17 +80,21 @@ async def chat(body: ChatRequest, request: Request, s: Serving = Depends(serving
     return await _respond(s, await s.chat(body), body, request)
 
 
-def create_app(serving: Serving, api_key: Optional[str] = None, allowed_hosts: Sequence[str] = ("*",)) -> FastAPI:
+def create_app(serving: Serving, api_key: Optional[str] = None, allowed_hosts: Sequence[str] = ("*",),
+               metrics: Optional[Metrics] = None) -> FastAPI:
     """The app: these routes only (no generated docs or schema pages, no redirect for a trailing
-    slash), requests for other Host names refused (400), bodies over limits.MAX_BODY_BYTES 413."""
+    slash), requests for other Host names refused (400), bodies over limits.MAX_BODY_BYTES 413;
+    every request counted in ``metrics`` and written to the access log, refused ones included."""
     app = FastAPI(title="sadi-cpp", docs_url=None, redoc_url=None, openapi_url=None)
     app.router.redirect_slashes = False
     app.state.serving = serving
     app.state.api_key = api_key
+    app.state.metrics = metrics or serving.metrics or Metrics()
     errors.install(app)
     app.include_router(router)
     app.add_middleware(limits.BodyLimit)
     app.add_middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))
+    app.add_middleware(AccessLog, metrics=app.state.metrics, routes=[r.path for r in router.routes])
     return app
 
 

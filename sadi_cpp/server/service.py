@@ -27,9 +27,10 @@ class Service:
     @classmethod
     def build(cls, model: Optional[str], masks: Optional[Path], n_parallel: int = 8, n_ctx: int = 2048,
               chat_format: Optional[str] = None, api_key: Optional[str] = None, max_queue: int = 64,
-              allowed_hosts: Sequence[str] = ("*",), **llama_kwargs: Any) -> "Service":
+              allowed_hosts: Sequence[str] = ("*",), log_prompts: bool = False, **llama_kwargs: Any) -> "Service":
         """``n_ctx``: tokens of one request (prompt and answer); the KV cache holds n_parallel of them.
         ``masks``: the folder of masks (default: the model's folder, where build-mask writes them)."""
+        from sadi_cpp.server.metrics import Metrics
         from sadi_cpp.server.routes import create_app
         from sadi_cpp.server.serving import Serving
 
@@ -45,7 +46,9 @@ class Service:
         batcher = Batcher(hook, n_parallel, n_ctx, max_queue)
         model_id = Path(hook.model_path).name
         hook.max_piece_bytes  # computed now (a quarter second), not in the first request
-        app = create_app(Serving(hook, library, batcher, model_id, chat_problem), api_key, allowed_hosts)
+        metrics = Metrics(batcher, configs=lambda: len(hook.configs))
+        batcher.on_decode = metrics.decode_seconds.observe
+        app = create_app(Serving(hook, library, batcher, model_id, chat_problem, metrics, log_prompts), api_key, allowed_hosts)
         return cls(hook, library, batcher, app, model_id)
 
 

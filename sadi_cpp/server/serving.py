@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Dict, List, Tuple, Union
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Dict, List, Optional, Tuple, Union
 
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # annotations only: the hook is handed in, never made here
     from sadi_cpp.llama.hook import Hook
     from sadi_cpp.server.batcher import Batcher
     from sadi_cpp.server.mask_library import MaskLibrary
+    from sadi_cpp.server.metrics import Metrics
 
 MAX_LOGPROBS = 20  # alternatives per token (OpenAI's limit for chat)
 
@@ -38,13 +39,17 @@ class Pending:
     events: "asyncio.Queue[Any]"
     reply: Reply
     want_logprobs: bool
+    info: Dict[str, Any] = field(default_factory=dict)  # for the access log: tokens, steering (metrics.py)
 
 
 class Serving:
-    def __init__(self, hook: Hook, library: MaskLibrary, batcher: Batcher, model_id: str, chat_problem: str = ""):
-        """``chat_problem``: why chat requests are refused ('' when the model has a chat format)."""
+    def __init__(self, hook: Hook, library: MaskLibrary, batcher: Batcher, model_id: str, chat_problem: str = "",
+                 metrics: Optional[Metrics] = None, log_prompts: bool = False):
+        """``chat_problem``: why chat requests are refused ('' when the model has a chat format);
+        ``metrics``: the counters to move; ``log_prompts``: the access log shows each prompt."""
         self.hook, self.library, self.batcher = hook, library, batcher
         self.model_id, self.chat_problem = model_id, chat_problem
+        self.metrics, self.log_prompts = metrics, log_prompts
 
     # ---- requests in ----
 
@@ -56,7 +61,7 @@ class Serving:
             prompt = prompt[0]
         limits.check_fits(_utf8_size(prompt, "prompt"), self.hook.max_piece_bytes, self.batcher.n_ctx_seq, "prompt")
         tokens = await self._off_loop(lambda: self.hook.tokenize(prompt, special=True), "prompt")
-        return self._submit(body, tokens, [], chat=False)
+        return self._submit(body, tokens, [], chat=False, text=prompt)
 
     async def chat(self, body: ChatRequest) -> Pending:
         if self.chat_problem:
@@ -68,7 +73,7 @@ class Serving:
         size = sum(_utf8_size(m["content"], "messages") for m in messages if isinstance(m.get("content"), str))
         limits.check_fits(size, self.hook.max_piece_bytes, self.batcher.n_ctx_seq, "messages")
         tokens, stop = await self._off_loop(lambda: chat_prompt(self.hook, messages), "messages")
-        return self._submit(body, tokens, stop, chat=True)
+        return self._submit(body, tokens, stop, chat=True, text=str(messages[-1].get("content", "")))
 
     async def _off_loop(self, work: Callable[[], Any], param: str) -> Any:
         """Tokenizing can take seconds on a long text: in a worker thread, so the event loop (and
@@ -80,7 +85,7 @@ class Serving:
         except BadInputError as e:
             raise from_library(e, default=param) from None
 
-    def _submit(self, body: Body, tokens: List[int], template_stop: List[str], chat: bool) -> Pending:
+    def _submit(self, body: Body, tokens: List[int], template_stop: List[str], chat: bool, text: str = "") -> Pending:
         why = unsupported(body)
         if why:
             raise bad_request(why)
@@ -117,7 +122,26 @@ class Serving:
             raise from_library(e, default="messages" if chat else "prompt") from None
         except SadiError as e:
             raise ApiError(503, str(e), "server_error") from None
-        return Pending(job, events, Reply(chat, self.model_id, steer.describe() if steer else None), n_logprobs >= 0)
+        info: Dict[str, Any] = {"prompt": text[:1000] if self.log_prompts else None}
+        if steer is not None:
+            info["mask"] = "+".join(p.mask for p in steer.parts)
+            info["gate"] = next((p.gate for p in steer.parts if p.gate), None)
+            if self.metrics is not None:
+                self.metrics.steered.labels(steer.parts[0].mask).inc()
+        return Pending(job, events, Reply(chat, self.model_id, steer.describe() if steer else None), n_logprobs >= 0, info)
+
+    def _note(self, pending: Pending, event: Any) -> None:
+        """What a Finished or Gated event tells the access log and the metrics."""
+        if isinstance(event, Finished):
+            pending.info.update(prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens)
+            if self.metrics is not None:
+                self.metrics.prompt_tokens.inc(event.prompt_tokens)
+                self.metrics.completion_tokens.inc(event.completion_tokens)
+        elif isinstance(event, Gated):
+            pending.info["fired"] = event.result.fired
+            pending.reply.steering = pending.job.steer.describe(event.result)  # type: ignore[union-attr]
+            if self.metrics is not None:
+                self.metrics.gates.labels(pending.info.get("gate") or "", str(event.result.fired).lower()).inc()
 
     # ---- answers out ----
 
@@ -135,14 +159,13 @@ class Serving:
                     self.batcher.cancel(pending.job)
                     raise ApiError(499, "client disconnected", "server_error")
                 event = getter.result()
+                self._note(pending, event)
                 if isinstance(event, Piece):
                     parts.append(event.text)
                     tokens.extend(event.tokens)
                 elif isinstance(event, Finished):
                     return pending.reply.whole("".join(parts), tokens if pending.want_logprobs else None, event.reason,
                                                usage(event.prompt_tokens, event.completion_tokens))
-                elif isinstance(event, Gated):
-                    pending.reply.steering = pending.job.steer.describe(event.result)  # type: ignore[union-attr]
                 elif isinstance(event, Failed):
                     raise ApiError(500, event.message, "server_error")
         except asyncio.CancelledError:
@@ -159,6 +182,7 @@ class Serving:
                 yield _sse(reply.chunk(None, None, first=True))
             while True:
                 event = await pending.events.get()
+                self._note(pending, event)  # a Gated event: later chunks carry the decision
                 if isinstance(event, Piece):
                     yield _sse(reply.chunk(event.text, event.tokens))
                 elif isinstance(event, Finished):
@@ -166,8 +190,6 @@ class Serving:
                     if include_usage:
                         yield _sse(reply.usage_chunk(usage(event.prompt_tokens, event.completion_tokens)))
                     break
-                elif isinstance(event, Gated):  # later chunks carry the decision
-                    reply.steering = pending.job.steer.describe(event.result)  # type: ignore[union-attr]
                 elif isinstance(event, Failed):
                     yield _sse(error_body(event.message, "server_error"))
                     break
