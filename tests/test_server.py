@@ -209,6 +209,36 @@ def test_metrics_move_with_requests_and_each_request_has_one_access_log_line(ser
     assert "secret words" not in served.output()  # prompts stay out of the log unless --log-prompts
 
 
+SCHEMA = {"type": "object", "properties": {"count": {"type": "integer"}, "ok": {"type": "boolean"},
+                                          "mood": {"enum": ["happy", "sad"]}}, "required": ["count", "ok", "mood"]}
+
+
+def test_structured_output_and_logit_bias(served: Server):
+    c = client(served)
+    fmt = {"type": "json_schema", "json_schema": {"name": "report", "schema": SCHEMA}}
+    for sadi in (None, {"mask": "tiny.neuron", "positions": "all"}):
+        chat = c.chat.completions.create(model="x", messages=[{"role": "user", "content": "Report."}], max_tokens=120,
+                                         temperature=0, response_format=fmt, extra_body={"sadi": sadi})
+        got = json.loads(chat.choices[0].message.content)  # the grammar ends it: it parses whole
+        assert chat.choices[0].finish_reason == "stop"
+        assert set(got) == {"count", "ok", "mood"} and isinstance(got["count"], int) and isinstance(got["ok"], bool)
+        assert got["mood"] in ("happy", "sad")
+        sampled = c.completions.create(model="x", prompt="Report:", max_tokens=120, temperature=1.0, seed=3,
+                                       extra_body={"sadi": sadi, "response_format": fmt, "top_k": 0, "min_p": 0.0})
+        assert set(json.loads(sampled.choices[0].text)) == {"count", "ok", "mood"}
+    answers = {c.completions.create(model="x", prompt=f"Q{i}?", max_tokens=8, temperature=1.0, seed=i,
+                                    extra_body={"grammar": 'root ::= "yes" | "no"'}).choices[0].text for i in range(8)}
+    assert answers <= {"yes", "no"} and answers  # nothing but the grammar's words
+    msgs = [{"role": "user", "content": "abc"}]
+    first = c.chat.completions.create(model="x", messages=msgs, max_tokens=4, temperature=0, logprobs=True).choices[0]
+    byte = first.logprobs.content[0].bytes  # the byte vocabulary: byte b is token 3 + b
+    banned = c.chat.completions.create(model="x", messages=msgs, max_tokens=4, temperature=0, logprobs=True,
+                                       logit_bias={str(3 + byte[0]): -100})
+    assert banned.choices[0].logprobs.content[0].bytes != byte
+    q = c.completions.create(model="x", prompt="abc", max_tokens=4, temperature=0, logit_bias={str(3 + ord("Q")): 100})
+    assert q.choices[0].text.startswith("Q")
+
+
 def test_stop_strings_end_the_answer(served: Server):
     c = client(served)
     full = c.completions.create(model="x", prompt="Hello", max_tokens=24, temperature=0).choices[0].text
@@ -354,7 +384,13 @@ def test_64_concurrent_requests_answer_exactly_as_alone(served: Server):
     ({"prompt": "x", "sadi": "tiny.head"}, "sadi"),
     ({"prompt": "x" * 200}, "the prompt has 204 tokens"),  # BOS, "▁" (3 bytes), 200 bytes
     ({"prompt": "x", "n": 2}, "n: only one"),
-    ({"prompt": "x", "logit_bias": {"5": 3}}, "logit_bias"),
+    ({"prompt": "x", "logit_bias": {"999999": 3}}, "logit_bias: token 999999 is outside this model's vocabulary"),
+    ({"prompt": "x", "logit_bias": {"five": 3}}, "logit_bias keys are token ids, got 'five'"),
+    ({"prompt": "x", "logit_bias": {"5": 300}}, "logit_bias: the bias of token 5 must be a number in -100..100"),
+    ({"prompt": "x", "grammar": "root ::= foo"}, "grammar: llama.cpp could not parse the grammar"),
+    ({"prompt": "x", "grammar": 'root ::= "a"', "response_format": {"type": "json_object"}}, "grammar: give either"),
+    ({"prompt": "x", "response_format": {"type": "xml"}}, "response_format type 'xml': use text, json_object or json_schema"),
+    ({"prompt": "x", "response_format": {"type": "json_schema"}}, "response_format: a json_schema response_format needs"),
     ({"prompt": ["a", "b"]}, "give one string"),
     ({"prompt": "x", "top_p": 3}, "top_p"),
     ({"prompt": "x", "seed": -5}, "seed must be in"),

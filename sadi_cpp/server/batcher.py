@@ -76,6 +76,8 @@ class Batcher:
             for job in self._active + list(self._waiting):
                 job.cancelled = True
                 job.sink(Failed(reason))
+            for job in self._waiting:
+                _free_grammar(job)
             self._waiting.clear()
             self._cv.notify_all()
 
@@ -103,6 +105,7 @@ class Batcher:
             job.cancelled = True
             if job in self._waiting:
                 self._waiting.remove(job)
+                _free_grammar(job)  # never admitted: the worker never touches it
             self._cv.notify_all()
 
     def status(self) -> Dict[str, int]:
@@ -145,6 +148,7 @@ class Batcher:
                 self.hook.bind(job.seq, self._acquire(job.steer))
         except Exception as e:
             self._free.insert(0, job.seq)
+            _free_grammar(job)
             job.sink(Failed(str(e)))
             return
         self._active.append(job)
@@ -162,6 +166,7 @@ class Batcher:
 
     def _release(self, job: Job) -> None:
         self._active.remove(job)
+        _free_grammar(job)
         try:
             self.hook.seq_free(job.seq)
             self.hook.bind(job.seq, None)
@@ -240,6 +245,10 @@ class Batcher:
         if len(job.generated) < job.min_tokens:
             logits = logits.copy()
             logits[self._ends()] = -np.inf
+        if job.grammar is not None:
+            logits = job.grammar.restrict(logits)
+            if not np.isfinite(logits).any():  # the grammar is complete and may not end yet, or is: stop here
+                return self._finish(job, "stop", job.text_bytes.decode("utf-8", errors="ignore"))
         history = (job.prompt + job.generated)[-PENALTY_LAST_N:]
         token = next_token(logits, history, job.sampling, job.rng)
         info = None
@@ -249,6 +258,8 @@ class Batcher:
             info = TokenInfo(token, self.hook.token_bytes(token), float(lp[token]), top)
         if self.hook.is_end(token):
             return self._finish(job, "stop", job.text_bytes.decode("utf-8", errors="ignore"))
+        if job.grammar is not None:
+            job.grammar.accept(token)
         job.generated.append(token)
         job.text_bytes += self.hook.token_bytes(token)
         text = job.text_bytes.decode("utf-8", errors="ignore")
@@ -275,6 +286,12 @@ class Batcher:
             n = self.hook.n_vocab
             self._end_tokens = np.array([t for t in range(n) if self.hook.is_end(t)], dtype=np.int64)
         return self._end_tokens
+
+
+def _free_grammar(job: Job) -> None:
+    if job.grammar is not None:
+        job.grammar.close()
+        job.grammar = None
 
 
 def _first_stop(text: str, stops: List[str], start: int) -> int:

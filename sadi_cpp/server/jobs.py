@@ -74,6 +74,7 @@ class Job:
     logprobs: int = -1  # alternatives to report per token; -1: no log-probabilities
     steer: Optional[Steer] = None
     min_tokens: int = 0
+    grammar: Any = None  # a llama.grammar.Grammar restricting the tokens (structured output), freed on release
     # the batcher's bookkeeping
     seq: int = -1
     n_fed: int = 0  # prompt tokens evaluated so far

@@ -18,14 +18,21 @@ SADI_FIELD = Field(default=None, description='Steering for this request: {"mask"
 Sadi = Optional[Union[Dict[str, Any], List[Any]]]
 
 
+# JSON mode: {"type": "json_object"} (optionally with "schema", llama-cpp-python's form) or OpenAI's
+# {"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}; checked in llama/grammar.py
+ResponseFormat = Optional[Dict[str, Any]]
+
+
 class CompletionRequest(CreateCompletionRequest):
     sadi: Sadi = SADI_FIELD
     stream_options: Optional[Dict[str, Any]] = None
+    response_format: ResponseFormat = None
 
 
 class ChatRequest(CreateChatCompletionRequest):
     sadi: Sadi = SADI_FIELD
     stream_options: Optional[Dict[str, Any]] = None
+    response_format: ResponseFormat = None  # type: ignore[assignment]
 
 
 def unsupported(req: Union[CompletionRequest, ChatRequest]) -> Optional[str]:
@@ -35,10 +42,8 @@ def unsupported(req: Union[CompletionRequest, ChatRequest]) -> Optional[str]:
         return "n: only one choice per request is supported"
     if getattr(req, "best_of", 1) not in (None, 1):
         return "best_of: only 1 is supported"
-    if req.logit_bias:
-        return "logit_bias is not supported"
-    if req.grammar:
-        return "grammar is not supported"
+    if req.logit_bias and req.logit_bias_type == "tokens":
+        return "logit_bias_type: only token ids (input_ids) are supported as logit_bias keys"
     if req.mirostat_mode:
         return "mirostat_mode is not supported"
     if getattr(req, "echo", False):
@@ -48,9 +53,6 @@ def unsupported(req: Union[CompletionRequest, ChatRequest]) -> Optional[str]:
     for name in ("tools", "functions", "tool_choice", "function_call"):
         if getattr(req, name, None):
             return f"{name}: tool and function calls are not supported"
-    fmt = getattr(req, "response_format", None)
-    if fmt and dict(fmt).get("type", "text") != "text":
-        return "response_format: only text is supported"
     return None
 
 

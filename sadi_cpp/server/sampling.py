@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import Any, List, Sequence, Tuple
 
 import numpy as np
 
 from sadi_cpp.errors import BadInputError
 from sadi_cpp.scoring.logprob import log_softmax
 
-__all__ = ["PENALTY_LAST_N", "SamplingParams", "penalize", "next_token", "log_softmax", "top_logprobs"]
+__all__ = ["PENALTY_LAST_N", "SamplingParams", "check_logit_bias", "biased", "penalize", "next_token", "log_softmax", "top_logprobs"]
 
 PENALTY_LAST_N = 64  # tokens the repeat/frequency/presence penalties look back (llama-cpp-python's default)
 
@@ -33,6 +33,7 @@ class SamplingParams:
     repeat_penalty: float = 1.1
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
+    logit_bias: Tuple[Tuple[int, float], ...] = ()  # (token id, bias) added to the logits first (OpenAI's logit_bias)
 
     def __post_init__(self) -> None:
         checks = [
@@ -56,6 +57,33 @@ class SamplingParams:
         return self.temperature <= 0.0
 
 
+def check_logit_bias(bias: Any, n_vocab: int) -> Tuple[Tuple[int, float], ...]:
+    """OpenAI's logit_bias ({"token id": bias in -100..100}) as (id, bias) pairs; BadInputError
+    (field ``logit_bias``) on a key that is not a token id of this model or a bias out of range."""
+    out = []
+    for key, value in (bias or {}).items():
+        try:
+            token = int(key)
+        except (TypeError, ValueError):
+            raise BadInputError(f"logit_bias keys are token ids, got {key!r}", field="logit_bias") from None
+        if not 0 <= token < n_vocab:
+            raise BadInputError(f"logit_bias: token {token} is outside this model's vocabulary (0..{n_vocab - 1})", field="logit_bias")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not -100 <= value <= 100:
+            raise BadInputError(f"logit_bias: the bias of token {token} must be a number in -100..100, got {value!r}", field="logit_bias")
+        out.append((token, float(value)))
+    return tuple(out)
+
+
+def biased(logits: np.ndarray, p: SamplingParams) -> np.ndarray:
+    """The logits with the request's logit_bias added (a copy when there is one)."""
+    if not p.logit_bias:
+        return logits
+    x = logits.astype(np.float64)
+    ids, values = zip(*p.logit_bias)
+    x[list(ids)] += values
+    return x
+
+
 def penalize(logits: np.ndarray, history: Sequence[int], p: SamplingParams) -> np.ndarray:
     """The logits after the repeat penalty (positive logits divided, negative multiplied) and the
     OpenAI frequency/presence penalties over the last PENALTY_LAST_N tokens; a copy when changed."""
@@ -74,7 +102,7 @@ def penalize(logits: np.ndarray, history: Sequence[int], p: SamplingParams) -> n
 
 def next_token(logits: np.ndarray, history: Sequence[int], p: SamplingParams, rng: np.random.Generator) -> int:
     """Sample one token id from ``logits`` [n_vocab] (greedy when temperature is 0)."""
-    x = penalize(logits, history, p)
+    x = penalize(biased(logits, p), history, p)
     if p.greedy:
         return int(np.argmax(x))
     n = x.shape[0]

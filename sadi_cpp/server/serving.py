@@ -14,11 +14,12 @@ from starlette.concurrency import run_in_threadpool
 
 from sadi_cpp.errors import BadInputError, SadiError
 from sadi_cpp.llama.chat import chat_prompt
+from sadi_cpp.llama.grammar import request_grammar
 from sadi_cpp.server.jobs import Failed, Finished, Gated, Job, Piece, QueueFull, TokenInfo
 from sadi_cpp.server import limits
 from sadi_cpp.server.errors import ApiError, bad_request, error_body, from_library
 from sadi_cpp.server.protocol import ChatRequest, CompletionRequest, Reply, unsupported, usage
-from sadi_cpp.server.sampling import SamplingParams
+from sadi_cpp.server.sampling import SamplingParams, check_logit_bias
 
 if TYPE_CHECKING:  # annotations only: the hook is handed in, never made here
     from sadi_cpp.llama.hook import Hook
@@ -95,7 +96,8 @@ class Serving:
             raise from_library(e, "sadi.") from None
         try:
             sampling = SamplingParams(body.temperature, body.top_p, body.top_k, body.min_p, body.repeat_penalty,
-                                      body.frequency_penalty or 0.0, body.presence_penalty or 0.0)
+                                      body.frequency_penalty or 0.0, body.presence_penalty or 0.0,
+                                      check_logit_bias(body.logit_bias, self.hook.n_vocab))
         except BadInputError as e:
             raise from_library(e) from None
         n_logprobs = ((body.top_logprobs or 0) if body.logprobs else -1) if chat else (-1 if body.logprobs is None else body.logprobs)
@@ -109,13 +111,22 @@ class Serving:
         if max_tokens < 0:
             raise bad_request("max_tokens must be >= 0", "max_tokens")
         stop = limits.check_stops(body.stop)
+        try:
+            grammar = request_grammar(self.hook, body.grammar, getattr(body, "response_format", None))
+        except BadInputError as e:
+            raise from_library(e) from None
         loop = asyncio.get_running_loop()
         events: "asyncio.Queue[Any]" = asyncio.Queue()
         job = Job(prompt=list(tokens), max_tokens=max_tokens, sink=lambda e: loop.call_soon_threadsafe(events.put_nowait, e),
                   sampling=sampling, seed=None if seed == -1 else seed, stop=stop + template_stop, logprobs=n_logprobs,
-                  steer=steer, min_tokens=body.min_tokens)
+                  steer=steer, min_tokens=body.min_tokens, grammar=grammar)
         try:
-            self.batcher.submit(job)
+            try:
+                self.batcher.submit(job)
+            except BaseException:
+                if grammar is not None:  # the job will never run: free its grammar now
+                    grammar.close()
+                raise
         except QueueFull as e:
             raise ApiError(429, str(e), "rate_limit_error", "server_busy") from None
         except BadInputError as e:
