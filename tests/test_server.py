@@ -239,6 +239,30 @@ def test_structured_output_and_logit_bias(served: Server):
     assert q.choices[0].text.startswith("Q")
 
 
+def test_n_choices_share_the_prompt_and_are_reproducible(served: Server):
+    c = client(served)
+    args = dict(model="x", prompt="Once upon", max_tokens=12)
+    greedy = c.completions.create(**args, temperature=0, n=3)
+    one = c.completions.create(**args, temperature=0)
+    assert [ch.index for ch in greedy.choices] == [0, 1, 2]
+    assert {ch.text for ch in greedy.choices} == {one.choices[0].text}  # the same logits: the same greedy answer
+    assert greedy.usage.prompt_tokens == one.usage.prompt_tokens  # the prompt counted (and evaluated) once
+    assert greedy.usage.completion_tokens == 3 * one.usage.completion_tokens
+    wide = {"top_k": 0, "min_p": 0.0, "sadi": {"mask": "tiny.neuron", "positions": "last+generated", "gate": "always"}}
+    sampled = c.completions.create(**args, temperature=1.0, top_p=1.0, seed=11, n=3, extra_body=wide)
+    again = c.completions.create(**args, temperature=1.0, top_p=1.0, seed=11, n=3, extra_body=wide)
+    texts = [ch.text for ch in sampled.choices]
+    assert texts == [ch.text for ch in again.choices]  # seeds 11, 12, 13: reproducible
+    assert len(set(texts)) > 1
+    assert sampled.model_extra["sadi"]["gate"]["fired"] is True
+    chunks = list(c.completions.create(**args, temperature=1.0, top_p=1.0, seed=11, n=3, stream=True, extra_body=wide))
+    streamed = ["".join(ch.choices[0].text for ch in chunks if ch.choices and ch.choices[0].index == i) for i in range(3)]
+    assert streamed == texts
+    assert sorted(ch.choices[0].index for ch in chunks if ch.choices and ch.choices[0].finish_reason) == [0, 1, 2]
+    chat = c.chat.completions.create(model="x", messages=[{"role": "user", "content": "Hi"}], max_tokens=6, temperature=0, n=2)
+    assert len(chat.choices) == 2 and chat.choices[0].message.content == chat.choices[1].message.content
+
+
 def test_stop_strings_end_the_answer(served: Server):
     c = client(served)
     full = c.completions.create(model="x", prompt="Hello", max_tokens=24, temperature=0).choices[0].text
@@ -383,7 +407,8 @@ def test_64_concurrent_requests_answer_exactly_as_alone(served: Server):
     ({"prompt": "x", "sadi": {"mask": "tiny.head", "gate": "always", "positions": "all"}}, "sadi.positions: a gate decides"),
     ({"prompt": "x", "sadi": "tiny.head"}, "sadi"),
     ({"prompt": "x" * 200}, "the prompt has 204 tokens"),  # BOS, "▁" (3 bytes), 200 bytes
-    ({"prompt": "x", "n": 2}, "n: only one"),
+    ({"prompt": "x", "n": 17}, "n must be in 1..16"),
+    ({"prompt": "x", "n": 0}, "n must be in 1..16"),
     ({"prompt": "x", "logit_bias": {"999999": 3}}, "logit_bias: token 999999 is outside this model's vocabulary"),
     ({"prompt": "x", "logit_bias": {"five": 3}}, "logit_bias keys are token ids, got 'five'"),
     ({"prompt": "x", "logit_bias": {"5": 300}}, "logit_bias: the bias of token 5 must be a number in -100..100"),

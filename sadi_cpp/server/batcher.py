@@ -73,17 +73,20 @@ class Batcher:
         (a Failed event, so streams close with an error event and [DONE])."""
         with self._cv:
             self._stopping = True
-            for job in self._active + list(self._waiting):
+            for job in self._active + [m for w in self._waiting for m in w.members]:
                 job.cancelled = True
                 job.sink(Failed(reason))
-            for job in self._waiting:
+            for job in [m for w in self._waiting for m in w.members]:
                 _free_grammar(job)
             self._waiting.clear()
             self._cv.notify_all()
 
     def submit(self, job: Job) -> None:
-        """Queue a job; QueueFull when every sequence is taken and max_queue jobs already wait
-        for one (jobs that will find a free sequence at the next step do not count as waiting)."""
+        """Queue a job (with n > 1: the first of its group, which brings the others); QueueFull when
+        every sequence is taken and max_queue jobs already wait for one (jobs that will find a
+        free sequence at the next step do not count as waiting)."""
+        if len(job.members) > self.n_parallel:
+            raise BadInputError(f"n must be at most {self.n_parallel} (the server's sequences)", field="n")
         if not job.prompt:
             raise BadInputError("the prompt is empty after tokenization", field="prompt")
         if len(job.prompt) >= self.n_ctx_seq:
@@ -100,12 +103,14 @@ class Batcher:
             self._cv.notify_all()
 
     def cancel(self, job: Job) -> None:
-        """The client went away: its sequence is freed before the next decode."""
+        """The client went away: its sequences (all of its group's) are freed before the next decode."""
         with self._cv:
-            job.cancelled = True
-            if job in self._waiting:
-                self._waiting.remove(job)
-                _free_grammar(job)  # never admitted: the worker never touches it
+            for member in job.members:
+                member.cancelled = True
+            if job.members[0] in self._waiting:
+                self._waiting.remove(job.members[0])
+                for member in job.members:
+                    _free_grammar(member)  # never admitted: the worker never touches it
             self._cv.notify_all()
 
     def status(self) -> Dict[str, int]:
@@ -125,8 +130,8 @@ class Batcher:
                     break
                 for job in [j for j in self._active if j.cancelled]:
                     self._release(job)
-                while self._waiting and self._free:
-                    self._admit(self._waiting.popleft())
+                while self._waiting and len(self._free) >= len(self._waiting[0].members):
+                    self._admit(self._waiting.popleft().members)
                 active = list(self._active)
             if active:
                 try:
@@ -137,21 +142,34 @@ class Batcher:
                         for job in [j for j in active if j in self._active]:
                             job.sink(Failed(f"internal error: {e}"))
                             self._release(job)
-        for job in self._active + list(self._waiting):
+        for job in self._active + [m for w in self._waiting for m in w.members]:
             job.sink(Failed("the server is shutting down"))
 
-    def _admit(self, job: Job) -> None:
-        job.seq = self._free.pop(0)
+    def _admit(self, jobs: List[Job]) -> None:
+        """A sequence for each job of a request (its group), bound to its steering's configuration;
+        if one cannot be set up, none of them runs."""
+        admitted: List[Job] = []
+        bound: List[Job] = []
         try:
-            job.rng = np.random.default_rng(job.seed)
-            if job.steer is not None:
-                self.hook.bind(job.seq, self._acquire(job.steer))
+            for job in jobs:
+                job.seq = self._free.pop(0)
+                admitted.append(job)
+                job.rng = np.random.default_rng(job.seed)
+                if job.steer is not None:
+                    self.hook.bind(job.seq, self._acquire(job.steer))
+                bound.append(job)
         except Exception as e:
-            self._free.insert(0, job.seq)
-            _free_grammar(job)
-            job.sink(Failed(str(e)))
+            for job in admitted:
+                if job in bound:  # set up whole: undone as a finished job is
+                    self._active.append(job)
+                    self._release(job)
+                else:
+                    self._free.insert(0, job.seq)
+            for job in jobs:
+                _free_grammar(job)
+                job.sink(Failed(str(e)))
             return
-        self._active.append(job)
+        self._active.extend(jobs)
 
     def _acquire(self, steer: Steer) -> str:
         """The engine configuration for a steering, shared by the requests that use the same one."""
@@ -188,28 +206,31 @@ class Batcher:
     def _step(self, active: List[Job]) -> None:
         rows: List[BatchRow] = []
         outputs: List[int] = []
-        owners: List[Job] = []
+        owners: List[List[Job]] = []  # the jobs that sample from each output row
         for job in active:
             if job.generating:
                 pos = len(job.prompt) + len(job.generated) - 1
                 steer = job.steer is not None and job.steer.positions != "last"
                 rows.append(BatchRow(job.generated[-1], pos, (job.seq,), steer))
                 outputs.append(len(rows) - 1)
-                owners.append(job)
+                owners.append([job])
         room = self.hook.n_batch - len(rows)
         for job in active:
-            if job.n_fed == len(job.prompt) or room == 0:
+            if job.n_fed == len(job.prompt) or room == 0 or not job.leads:
                 continue
             take = min(room, len(job.prompt) - job.n_fed)
             end = len(job.prompt) - 1
             everywhere = job.steer is not None and job.steer.positions == "all"
+            seqs = tuple(m.seq for m in job.members)  # n > 1: the prompt once, its cells in every sequence
             for p in range(job.n_fed, job.n_fed + take):
-                rows.append(BatchRow(job.prompt[p], p, (job.seq,), everywhere or (job.steer is not None and p == end)))
+                rows.append(BatchRow(job.prompt[p], p, seqs, everywhere or (job.steer is not None and p == end)))
             job.n_fed += take
             room -= take
             if job.n_fed == len(job.prompt):
+                for member in job.members:
+                    member.n_fed = job.n_fed
                 outputs.append(len(rows) - 1)
-                owners.append(job)
+                owners.append(job.members)
         try:
             start = time.perf_counter()
             logits = self.hook.decode(rows, outputs)
@@ -223,7 +244,7 @@ class Batcher:
                     job.sink(Failed(f"decoding failed: {e}"))
                     self._release(job)
             return
-        for job, row in zip(owners, logits):
+        for job, row in ((j, r) for group, r in zip(owners, logits) for j in group):
             if not job.generated and job.steer is not None and job.steer.steering.gate is not None:
                 decided = self.hook.gate(job.seq)  # the prompt's last token was in this decode
                 if decided is not None:

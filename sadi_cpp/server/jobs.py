@@ -75,6 +75,9 @@ class Job:
     steer: Optional[Steer] = None
     min_tokens: int = 0
     grammar: Any = None  # a llama.grammar.Grammar restricting the tokens (structured output), freed on release
+    # n > 1: the request's jobs, all of them (this one included); group[0] evaluates the prompt once
+    # for all of them (one cache cell per token in every sequence of the group); empty: alone
+    group: List["Job"] = field(default_factory=list)
     # the batcher's bookkeeping
     seq: int = -1
     n_fed: int = 0  # prompt tokens evaluated so far
@@ -83,6 +86,16 @@ class Job:
     n_sent: int = 0  # characters of the text already sent
     cancelled: bool = False
     rng: Optional[np.random.Generator] = None
+
+    @property
+    def members(self) -> List["Job"]:
+        """The jobs admitted, fed and cancelled together with this one (itself when alone)."""
+        return self.group or [self]
+
+    @property
+    def leads(self) -> bool:
+        """True for the job that evaluates the prompt (the first of its group, or a job alone)."""
+        return not self.group or self.group[0] is self
 
     @property
     def generating(self) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 from llama_cpp.server.types import CreateChatCompletionRequest, CreateCompletionRequest
 from pydantic import Field
@@ -38,8 +38,6 @@ class ChatRequest(CreateChatCompletionRequest):
 def unsupported(req: Union[CompletionRequest, ChatRequest]) -> Optional[str]:
     """Why a request asks for something this server does not do (400), or None. Fields that would
     change the answer are refused rather than ignored."""
-    if (req.n or 1) != 1:
-        return "n: only one choice per request is supported"
     if getattr(req, "best_of", 1) not in (None, 1):
         return "best_of: only 1 is supported"
     if req.logit_bias and req.logit_bias_type == "tokens":
@@ -65,12 +63,12 @@ class Reply:
         self.created = int(time.time())
         self.model = model
         self.steering = steering
-        self.offset = 0  # text offset of the next token, for completion logprobs
+        self.offsets: Dict[int, int] = {}  # per choice: text offset of the next token, for completion logprobs
 
     def _head(self, obj: str) -> Dict[str, Any]:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model, "sadi": self.steering}
 
-    def logprobs(self, tokens: List[TokenInfo]) -> Optional[Dict[str, Any]]:
+    def logprobs(self, tokens: List[TokenInfo], index: int = 0) -> Optional[Dict[str, Any]]:
         if not tokens:
             return None
         if self.chat:
@@ -80,31 +78,35 @@ class Reply:
             } for t in tokens]}
         out: Dict[str, Any] = {"tokens": [], "text_offset": [], "token_logprobs": [], "top_logprobs": []}
         for t in tokens:
+            offset = self.offsets.get(index, 0)
             out["tokens"].append(_text(t.piece))
-            out["text_offset"].append(self.offset)
+            out["text_offset"].append(offset)
             out["token_logprobs"].append(t.logprob)
             out["top_logprobs"].append({_text(p): v for _, p, v in t.top})
-            self.offset += len(_text(t.piece))
+            self.offsets[index] = offset + len(_text(t.piece))
         return out
 
-    def whole(self, text: str, tokens: Optional[List[TokenInfo]], reason: str, usage: Dict[str, int]) -> Dict[str, Any]:
-        lp = self.logprobs(tokens) if tokens is not None else None
-        if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": lp, "finish_reason": reason}
-            return {**self._head("chat.completion"), "choices": [choice], "usage": usage}
-        choice = {"index": 0, "text": text, "logprobs": lp, "finish_reason": reason}
-        return {**self._head("text_completion"), "choices": [choice], "usage": usage}
+    def whole(self, choices: List[Tuple[str, Optional[List[TokenInfo]], str]], usage: Dict[str, int]) -> Dict[str, Any]:
+        """The whole answer: ``choices`` (text, tokens or None, finish reason), one per n."""
+        out = []
+        for i, (text, tokens, reason) in enumerate(choices):
+            lp = self.logprobs(tokens, i) if tokens is not None else None
+            if self.chat:
+                out.append({"index": i, "message": {"role": "assistant", "content": text}, "logprobs": lp, "finish_reason": reason})
+            else:
+                out.append({"index": i, "text": text, "logprobs": lp, "finish_reason": reason})
+        return {**self._head("chat.completion" if self.chat else "text_completion"), "choices": out, "usage": usage}
 
     def chunk(self, text: Optional[str], tokens: Optional[List[TokenInfo]], reason: Optional[str] = None,
-              first: bool = False) -> Dict[str, Any]:
-        lp = self.logprobs(tokens) if tokens else None
+              first: bool = False, index: int = 0) -> Dict[str, Any]:
+        lp = self.logprobs(tokens, index) if tokens else None
         if self.chat:
             delta: Dict[str, Any] = {} if text is None else {"content": text}
             if first:
                 delta = {"role": "assistant", "content": ""}
-            choice = {"index": 0, "delta": delta, "logprobs": lp, "finish_reason": reason}
+            choice = {"index": index, "delta": delta, "logprobs": lp, "finish_reason": reason}
             return {**self._head("chat.completion.chunk"), "choices": [choice]}
-        choice = {"index": 0, "text": text or "", "logprobs": lp, "finish_reason": reason}
+        choice = {"index": index, "text": text or "", "logprobs": lp, "finish_reason": reason}
         return {**self._head("text_completion"), "choices": [choice]}
 
     def usage_chunk(self, usage: Dict[str, int]) -> Dict[str, Any]:

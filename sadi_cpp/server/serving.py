@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # annotations only: the hook is handed in, never made here
     from sadi_cpp.server.metrics import Metrics
 
 MAX_LOGPROBS = 20  # alternatives per token (OpenAI's limit for chat)
+MAX_N = 16  # choices per request (each takes a sequence of the server's)
 
 Body = Union[CompletionRequest, ChatRequest]
 
@@ -111,44 +112,59 @@ class Serving:
         if max_tokens < 0:
             raise bad_request("max_tokens must be >= 0", "max_tokens")
         stop = limits.check_stops(body.stop)
-        try:
-            grammar = request_grammar(self.hook, body.grammar, getattr(body, "response_format", None))
-        except BadInputError as e:
-            raise from_library(e) from None
+        n = body.n if body.n is not None else 1
+        if not 1 <= n <= min(MAX_N, self.batcher.n_parallel):
+            raise bad_request(f"n must be in 1..{min(MAX_N, self.batcher.n_parallel)} (this server's sequences), got {n}", "n")
         loop = asyncio.get_running_loop()
         events: "asyncio.Queue[Any]" = asyncio.Queue()
-        job = Job(prompt=list(tokens), max_tokens=max_tokens, sink=lambda e: loop.call_soon_threadsafe(events.put_nowait, e),
-                  sampling=sampling, seed=None if seed == -1 else seed, stop=stop + template_stop, logprobs=n_logprobs,
-                  steer=steer, min_tokens=body.min_tokens, grammar=grammar)
+        jobs: List[Job] = []
         try:
-            try:
-                self.batcher.submit(job)
-            except BaseException:
-                if grammar is not None:  # the job will never run: free its grammar now
-                    grammar.close()
-                raise
-        except QueueFull as e:
-            raise ApiError(429, str(e), "rate_limit_error", "server_busy") from None
-        except BadInputError as e:
-            raise from_library(e, default="messages" if chat else "prompt") from None
-        except SadiError as e:
-            raise ApiError(503, str(e), "server_error") from None
+            for i in range(n):  # each choice its own job: its own seed (seed + i), grammar state and sequence
+                job = Job(prompt=list(tokens), max_tokens=max_tokens, sampling=sampling,
+                          sink=lambda e, i=i: loop.call_soon_threadsafe(events.put_nowait, (i, e)),
+                          seed=None if seed in (None, -1) else (seed + i) % 2**63, stop=stop + template_stop,
+                          logprobs=n_logprobs, steer=steer, min_tokens=body.min_tokens,
+                          grammar=request_grammar(self.hook, body.grammar, getattr(body, "response_format", None)))
+                jobs.append(job)
+            if n > 1:
+                for job in jobs:
+                    job.group = jobs
+            self.batcher.submit(jobs[0])
+        except BaseException as e:
+            for job in jobs:  # they will never run: free their grammars now
+                if job.grammar is not None:
+                    job.grammar.close()
+            raise self._refused(e, chat) from None
         info: Dict[str, Any] = {"prompt": text[:1000] if self.log_prompts else None}
         if steer is not None:
             info["mask"] = "+".join(p.mask for p in steer.parts)
             info["gate"] = next((p.gate for p in steer.parts if p.gate), None)
             if self.metrics is not None:
                 self.metrics.steered.labels(steer.parts[0].mask).inc()
-        return Pending(job, events, Reply(chat, self.model_id, steer.describe() if steer else None), n_logprobs >= 0, info)
+        return Pending(jobs[0], events, Reply(chat, self.model_id, steer.describe() if steer else None), n_logprobs >= 0, info)
 
-    def _note(self, pending: Pending, event: Any) -> None:
-        """What a Finished or Gated event tells the access log and the metrics."""
+    @staticmethod
+    def _refused(e: BaseException, chat: bool) -> BaseException:
+        """What a request that could not be queued answers: 429 when busy, 400 on bad input."""
+        if isinstance(e, QueueFull):
+            return ApiError(429, str(e), "rate_limit_error", "server_busy")
+        if isinstance(e, BadInputError):
+            return from_library(e, default="messages" if chat else "prompt")
+        if isinstance(e, SadiError):
+            return ApiError(503, str(e), "server_error")
+        return e
+
+    def _note(self, pending: Pending, index: int, event: Any) -> None:
+        """What a Finished or Gated event of choice ``index`` tells the access log and the metrics
+        (the prompt, evaluated once, counts once)."""
         if isinstance(event, Finished):
-            pending.info.update(prompt_tokens=event.prompt_tokens, completion_tokens=event.completion_tokens)
+            pending.info["prompt_tokens"] = event.prompt_tokens
+            pending.info["completion_tokens"] = pending.info.get("completion_tokens", 0) + event.completion_tokens
             if self.metrics is not None:
-                self.metrics.prompt_tokens.inc(event.prompt_tokens)
+                if index == 0:
+                    self.metrics.prompt_tokens.inc(event.prompt_tokens)
                 self.metrics.completion_tokens.inc(event.completion_tokens)
-        elif isinstance(event, Gated):
+        elif isinstance(event, Gated) and index == 0:
             pending.info["fired"] = event.result.fired
             pending.reply.steering = pending.job.steer.describe(event.result)  # type: ignore[union-attr]
             if self.metrics is not None:
@@ -157,10 +173,12 @@ class Serving:
     # ---- answers out ----
 
     async def whole(self, pending: Pending, request: Request) -> Dict[str, Any]:
-        """The whole answer; a client that goes away cancels the job at once."""
+        """The whole answer (every choice); a client that goes away cancels the jobs at once."""
         watcher = asyncio.ensure_future(_wait_disconnect(request))
-        parts: List[str] = []
-        tokens: List[TokenInfo] = []
+        n = len(pending.job.members)
+        parts: List[List[str]] = [[] for _ in range(n)]
+        tokens: List[List[TokenInfo]] = [[] for _ in range(n)]
+        finished: Dict[int, Finished] = {}
         try:
             while True:
                 getter = asyncio.ensure_future(pending.events.get())
@@ -169,15 +187,19 @@ class Serving:
                     getter.cancel()
                     self.batcher.cancel(pending.job)
                     raise ApiError(499, "client disconnected", "server_error")
-                event = getter.result()
-                self._note(pending, event)
+                i, event = getter.result()
+                self._note(pending, i, event)
                 if isinstance(event, Piece):
-                    parts.append(event.text)
-                    tokens.extend(event.tokens)
+                    parts[i].append(event.text)
+                    tokens[i].extend(event.tokens)
                 elif isinstance(event, Finished):
-                    return pending.reply.whole("".join(parts), tokens if pending.want_logprobs else None, event.reason,
-                                               usage(event.prompt_tokens, event.completion_tokens))
+                    finished[i] = event
+                    if len(finished) == n:
+                        choices = [("".join(parts[k]), tokens[k] if pending.want_logprobs else None, finished[k].reason)
+                                   for k in range(n)]
+                        return pending.reply.whole(choices, _usage(finished))
                 elif isinstance(event, Failed):
+                    self.batcher.cancel(pending.job)
                     raise ApiError(500, event.message, "server_error")
         except asyncio.CancelledError:
             self.batcher.cancel(pending.job)
@@ -186,27 +208,36 @@ class Serving:
             watcher.cancel()
 
     async def stream(self, pending: Pending, include_usage: bool) -> AsyncIterator[str]:
-        """Server-sent events: a chunk per piece of text, the finish reason, [DONE]."""
+        """Server-sent events: a chunk per piece of text (with its choice's index), each choice's
+        finish reason, [DONE] when every choice has finished."""
         reply = pending.reply
+        n = len(pending.job.members)
+        finished: Dict[int, Finished] = {}
         try:
             if reply.chat:
-                yield _sse(reply.chunk(None, None, first=True))
-            while True:
-                event = await pending.events.get()
-                self._note(pending, event)  # a Gated event: later chunks carry the decision
+                for i in range(n):
+                    yield _sse(reply.chunk(None, None, first=True, index=i))
+            while len(finished) < n:
+                i, event = await pending.events.get()
+                self._note(pending, i, event)  # a Gated event: later chunks carry the decision
                 if isinstance(event, Piece):
-                    yield _sse(reply.chunk(event.text, event.tokens))
+                    yield _sse(reply.chunk(event.text, event.tokens, index=i))
                 elif isinstance(event, Finished):
-                    yield _sse(reply.chunk(None if reply.chat else "", None, event.reason))
-                    if include_usage:
-                        yield _sse(reply.usage_chunk(usage(event.prompt_tokens, event.completion_tokens)))
-                    break
+                    finished[i] = event
+                    yield _sse(reply.chunk(None if reply.chat else "", None, event.reason, index=i))
                 elif isinstance(event, Failed):
                     yield _sse(error_body(event.message, "server_error"))
                     break
+            if include_usage and len(finished) == n:
+                yield _sse(reply.usage_chunk(_usage(finished)))
             yield "data: [DONE]\n\n"
         finally:  # the client went away (the stream was cancelled) or the answer is complete
             self.batcher.cancel(pending.job)
+
+
+def _usage(finished: Dict[int, Finished]) -> Dict[str, int]:
+    """One prompt (evaluated once for all choices) and every choice's tokens."""
+    return usage(finished[0].prompt_tokens, sum(f.completion_tokens for f in finished.values()))
 
 
 async def _wait_disconnect(request: Request) -> None:
