@@ -100,3 +100,25 @@ def test_playground_composes_two_masks_and_shows_the_gate(browser: Browser, tmp_
     assert never["steered"] == never["plain"]
     assert always["gate"].startswith("gate always: score ") and always["gate"].endswith("fired: steered")
     assert always["steered"] == steered["choices"][0]["text"] != always["plain"]
+
+
+def test_playground_json_mode_and_n_choices(browser: Browser, tmp_path: Path):
+    model = TinyLlama().write(tmp_path / "tiny.gguf")
+    write_random_masks(model, tmp_path, {"tiny.head": ("head", 3, 9.0)})
+    with Server([str(model), "--masks", str(tmp_path), "--n-ctx", "128"]) as srv:
+        browser.call("Page.enable")
+        browser.call("Page.navigate", url=srv.url + "/")
+        browser.wait_for("document.querySelectorAll('#mask option').length === 1")
+        browser.eval("document.getElementById('json').checked = true;"
+                     "document.getElementById('n').value = '2';"
+                     "document.getElementById('temperature').value = '1';"
+                     "document.getElementById('prompt').value = 'Data:';"
+                     "document.getElementById('max-tokens').value = '16';"
+                     "document.getElementById('run').click()")
+        browser.wait_for("document.getElementById('plain').dataset.done === 'true' && "
+                         "document.getElementById('steered').dataset.done === 'true'")
+        page = browser.eval("({plain: document.getElementById('plain').textContent,"
+                            " status: document.getElementById('status').textContent})")
+    assert page["status"] == ""
+    # two choices, each shown with its number; JSON mode: each an object from its first token
+    assert page["plain"].startswith("[1] {") and "\n\n[2] {" in page["plain"], page["plain"]
