@@ -204,8 +204,9 @@ def test_metrics_move_with_requests_and_each_request_has_one_access_log_line(ser
     assert moved("sadi_decode_seconds_count") >= 1 and moved("sadi_decode_seconds_sum") > 0
     assert after[("sadi_sequences_running", ())] >= 0 and after[("sadi_steering_configurations", ())] >= 1
     lines = [l for l in served.output().splitlines() if " POST /v1/completions 200 " in l]
-    assert any(f"prompt_tokens={r.usage.prompt_tokens} completion_tokens={r.usage.completion_tokens} mask=tiny.neuron "
-               "gate=always fired=True" in l for l in lines), lines
+    want = (f"prompt_tokens={r.usage.prompt_tokens} cached_tokens={r.usage.prompt_tokens_details.cached_tokens} "
+            f"completion_tokens={r.usage.completion_tokens} mask=tiny.neuron gate=always fired=True")
+    assert any(want in l for l in lines), (want, lines)
     assert "secret words" not in served.output()  # prompts stay out of the log unless --log-prompts
 
 
@@ -261,6 +262,43 @@ def test_n_choices_share_the_prompt_and_are_reproducible(served: Server):
     assert sorted(ch.choices[0].index for ch in chunks if ch.choices and ch.choices[0].finish_reason) == [0, 1, 2]
     chat = c.chat.completions.create(model="x", messages=[{"role": "user", "content": "Hi"}], max_tokens=6, temperature=0, n=2)
     assert len(chat.choices) == 2 and chat.choices[0].message.content == chat.choices[1].message.content
+
+
+def test_kept_prompt_prefixes_answer_as_a_server_without_them(served: Server):
+    """Reused prompt cells give the answers a server that evaluates every prompt gives (f32 KV:
+    token for token, log-probabilities within the cross-talk tolerance); a request steered at
+    every position never reuses cells made without its steering."""
+    system = "You are terse. Answer in one line. "  # 36 bytes: one token each (with the answer, within --n-ctx 128)
+    def ask(srv: Server, prompt: str, sadi: Any = None) -> Tuple[Dict[str, Any], int]:
+        status, body = srv.post("/v1/completions", {"prompt": prompt, "max_tokens": 10, "temperature": 0, "logprobs": 0, "sadi": sadi})
+        assert status == 200, body
+        choice = body["choices"][0]
+        lp = choice["logprobs"] or {"tokens": [], "token_logprobs": []}
+        ask.prompt_tokens = body["usage"]["prompt_tokens"]  # type: ignore[attr-defined]
+        return {"tokens": lp["tokens"], "lp": lp["token_logprobs"]}, body["usage"]["prompt_tokens_details"]["cached_tokens"]
+
+    first, cached = ask(served, system + "Q: why?", {"mask": "tiny.neuron", "delta": 15, "positions": "all"})
+    assert cached == 0
+    _, cached = ask(served, system + "Q: why?")  # unsteered: its whole prompt is kept
+    plain_b, cached_b = ask(served, system + "Q: how so?")  # the system prompt comes from the kept cells
+    steered_b, cached_s = ask(served, system + "Q: how so?", {"mask": "tiny.head", "delta": 9})  # `last`: all but its last token
+    n_b = ask.prompt_tokens  # type: ignore[attr-defined]
+    again, cached_all = ask(served, system + "Q: why?", {"mask": "tiny.neuron", "delta": 15, "positions": "all"})
+    n_system = 1 + len(("▁" + system.replace(" ", "▁")).encode())  # BOS, a token per byte ("▁" for a space: 3 bytes)
+    assert cached_b >= n_system  # the shared beginning, from the first request's kept cells
+    assert cached_s == n_b - 1  # all but the steered last token
+    tol = logprob_tolerance(TinyLlama())
+    # never the unsteered cells: its answer is the one computed fresh (other cache cells: f32 rounding apart)
+    assert cached_all == 0 and again["tokens"] == first["tokens"]
+    assert np.abs(np.array(again["lp"]) - np.array(first["lp"])).max(initial=0) <= tol
+    model = served.args[1]
+    with Server([model, "--masks", served.args[3], "--n-ctx", "128", "--cache-type", "f32", "--prompt-cache", "0"]) as fresh:
+        for got, sadi in ((plain_b, None), (steered_b, {"mask": "tiny.head", "delta": 9})):
+            want, cached = ask(fresh, system + "Q: how so?", sadi)
+            assert cached == 0 and got["tokens"] == want["tokens"], (sadi, got, want)
+            assert np.abs(np.array(got["lp"]) - np.array(want["lp"])).max(initial=0) <= tol
+    scraped = _scrape(served)
+    assert scraped[("sadi_prompt_cache_hits_total", ())] >= 2 and scraped[("sadi_prompt_cache_reused_tokens_total", ())] >= 2 * n_system
 
 
 def test_stop_strings_end_the_answer(served: Server):

@@ -298,6 +298,15 @@ class Hook(Installed):
         return self._ctx.continuation(tokens, n0, self.n_vocab)
 
     @one_thread
+    def seq_copy(self, src: int, dst: int, p0: int, p1: int) -> None:
+        """Make sequence ``dst`` hold the KV entries of ``src`` at positions p0..p1-1 too (the same
+        cells, shared: nothing is recomputed or copied)."""
+        self._live()
+        self._configs.check_seq(src)
+        self._configs.check_seq(dst)
+        self._ctx.kv_cache_seq_cp(src, dst, p0, p1)
+
+    @one_thread
     def seq_free(self, seq: int) -> None:
         """Drop every KV entry of sequence ``seq`` (a finished request's), leaving the others."""
         self._live()

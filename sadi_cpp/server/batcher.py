@@ -22,6 +22,7 @@ from sadi_cpp.errors import BadInputError, SadiError
 from sadi_cpp.llama.batch import BatchRow
 from sadi_cpp.scoring.logprob import log_softmax
 from sadi_cpp.server.jobs import Failed, Finished, Gated, Job, Piece, QueueFull, TokenInfo
+from sadi_cpp.server.prefix_cache import PrefixCache, keepable, reusable
 from sadi_cpp.server.sampling import PENALTY_LAST_N, next_token, top_logprobs
 
 if TYPE_CHECKING:  # annotations only: the hook is handed in, never made here
@@ -37,7 +38,9 @@ KEEP_UNUSED = 16  # steering configurations kept in the engine after their last 
 class Batcher:
     """The worker thread that owns the hook; jobs come in through :meth:`submit`."""
 
-    def __init__(self, hook: Hook, n_parallel: int, n_ctx_seq: int, max_queue: int):
+    def __init__(self, hook: Hook, n_parallel: int, n_ctx_seq: int, max_queue: int, prompt_cache: int = 0):
+        """``prompt_cache``: cells for prompt prefixes kept after their requests (prefix_cache.py);
+        the context must hold them beyond the n_parallel requests' own."""
         if not 1 <= n_parallel <= hook.n_seq_max:
             raise BadInputError(f"n_parallel must be in 1..{hook.n_seq_max} (sequences this context holds), got {n_parallel}",
                                 field="n_parallel")
@@ -56,6 +59,7 @@ class Batcher:
         self._thread = threading.Thread(target=self._run, name="sadi-batcher", daemon=True)
         self.decodes = 0  # decode steps so far (for /health and the tests)
         self.on_decode: Optional[Callable[[float], None]] = None  # called with each decode's seconds (metrics)
+        self.cache = PrefixCache(hook, range(n_parallel, hook.n_seq_max), prompt_cache)
 
     # ---- called from other threads ----
 
@@ -158,6 +162,11 @@ class Batcher:
                 if job.steer is not None:
                     self.hook.bind(job.seq, self._acquire(job.steer))
                 bound.append(job)
+            lead = jobs[0]
+            cached = self.cache.reuse(lead.prompt, reusable(lead.prompt, lead.steer.positions if lead.steer else None),
+                                      [job.seq for job in jobs])
+            for job in jobs:
+                job.n_fed = job.cached = cached
         except Exception as e:
             for job in admitted:
                 if job in bound:  # set up whole: undone as a finished job is
@@ -186,6 +195,8 @@ class Batcher:
         self._active.remove(job)
         _free_grammar(job)
         try:
+            if job.completed and job.leads:  # its unsteered prompt cells stay for later requests
+                self.cache.keep(job.seq, keepable(job.prompt, job.steer.positions if job.steer else None))
             self.hook.seq_free(job.seq)
             self.hook.bind(job.seq, None)
             if job.steer is not None:
@@ -298,7 +309,8 @@ class Batcher:
     def _finish(self, job: Job, reason: str, text: str, info: Optional[TokenInfo] = None) -> bool:
         if len(text) > job.n_sent or info:
             job.sink(Piece(text[job.n_sent:], [info] if info else []))
-        job.sink(Finished(reason, len(job.prompt), len(job.generated)))
+        job.sink(Finished(reason, len(job.prompt), len(job.generated), job.cached))
+        job.completed = True
         return True
 
     def _ends(self) -> np.ndarray:

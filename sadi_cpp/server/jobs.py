@@ -44,6 +44,7 @@ class Finished:
     reason: str  # "stop" (end token or stop string) or "length" (max_tokens or context)
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens whose cells came from a kept prefix (prefix_cache.py)
 
 
 @dataclass
@@ -85,6 +86,8 @@ class Job:
     text_bytes: bytes = b""
     n_sent: int = 0  # characters of the text already sent
     cancelled: bool = False
+    completed: bool = False  # it finished normally (its prompt cells may be kept)
+    cached: int = 0  # prompt tokens reused from a kept prefix
     rng: Optional[np.random.Generator] = None
 
     @property

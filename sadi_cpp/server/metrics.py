@@ -29,6 +29,9 @@ class Metrics:
         self.requests = Counter("sadi_requests", "Requests answered, by route and HTTP status.", ["route", "status"], registry=r)
         self.prompt_tokens = Counter("sadi_prompt_tokens", "Prompt tokens of finished requests.", registry=r)
         self.completion_tokens = Counter("sadi_completion_tokens", "Tokens generated for finished requests.", registry=r)
+        self.cache_hits = Counter("sadi_prompt_cache_hits", "Requests that reused a kept prompt prefix.", registry=r)
+        self.cached_tokens = Counter("sadi_prompt_cache_reused_tokens", "Prompt tokens taken from kept prefixes instead of evaluated.",
+                                     registry=r)
         self.steered = Counter("sadi_steered_requests", "Requests that named a steering, by its first mask.", ["mask"], registry=r)
         self.gates = Counter("sadi_gate_decisions", "Gate decisions, by gate and whether it fired.", ["gate", "fired"], registry=r)
         self.decode_seconds = Histogram("sadi_decode_seconds", "Time of one batched llama_decode.", buckets=DECODE_BUCKETS,
@@ -36,9 +39,11 @@ class Metrics:
         self.running = Gauge("sadi_sequences_running", "Requests being decoded now.", registry=r)
         self.waiting = Gauge("sadi_requests_waiting", "Requests waiting for a free sequence.", registry=r)
         self.live_configs = Gauge("sadi_steering_configurations", "Steering configurations held by the engine.", registry=r)
+        self.kept_cells = Gauge("sadi_prompt_cache_cells", "KV cells held by kept prompt prefixes.", registry=r)
         if batcher is not None:
             self.running.set_function(lambda: batcher.status()["running"])
             self.waiting.set_function(lambda: batcher.status()["waiting"])
+            self.kept_cells.set_function(lambda: batcher.cache.cells)
         if configs is not None:
             self.live_configs.set_function(configs)
 
@@ -57,7 +62,7 @@ def log_request(method: str, route: str, status: int, seconds: float, info: Dict
     """One line per request: method, route, status, tokens, steering, duration (and the prompt only
     when the server was started with --log-prompts, which puts it in ``info``)."""
     parts = [method, route, str(status), f"{seconds * 1000:.0f}ms"]
-    for key in ("prompt_tokens", "completion_tokens", "mask", "gate", "fired", "prompt"):
+    for key in ("prompt_tokens", "cached_tokens", "completion_tokens", "mask", "gate", "fired", "prompt"):
         if info.get(key) is not None:
             parts.append(f"{key}={info[key]!r}" if key == "prompt" else f"{key}={info[key]}")
     access_log.info(" ".join(parts))

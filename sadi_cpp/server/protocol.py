@@ -86,7 +86,7 @@ class Reply:
             self.offsets[index] = offset + len(_text(t.piece))
         return out
 
-    def whole(self, choices: List[Tuple[str, Optional[List[TokenInfo]], str]], usage: Dict[str, int]) -> Dict[str, Any]:
+    def whole(self, choices: List[Tuple[str, Optional[List[TokenInfo]], str]], usage: Dict[str, Any]) -> Dict[str, Any]:
         """The whole answer: ``choices`` (text, tokens or None, finish reason), one per n."""
         out = []
         for i, (text, tokens, reason) in enumerate(choices):
@@ -109,12 +109,13 @@ class Reply:
         choice = {"index": index, "text": text or "", "logprobs": lp, "finish_reason": reason}
         return {**self._head("text_completion"), "choices": [choice]}
 
-    def usage_chunk(self, usage: Dict[str, int]) -> Dict[str, Any]:
+    def usage_chunk(self, usage: Dict[str, Any]) -> Dict[str, Any]:
         return {**self._head("chat.completion.chunk" if self.chat else "text_completion"), "choices": [], "usage": usage}
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> Dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> Dict[str, Any]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
 
 
 def _text(piece: bytes) -> str:

@@ -27,15 +27,20 @@ class Service:
     @classmethod
     def build(cls, model: Optional[str], masks: Optional[Path], n_parallel: int = 8, n_ctx: int = 2048,
               chat_format: Optional[str] = None, api_key: Optional[str] = None, max_queue: int = 64,
-              allowed_hosts: Sequence[str] = ("*",), log_prompts: bool = False, **llama_kwargs: Any) -> "Service":
-        """``n_ctx``: tokens of one request (prompt and answer); the KV cache holds n_parallel of them.
+              allowed_hosts: Sequence[str] = ("*",), log_prompts: bool = False, prompt_cache: Optional[int] = None,
+              **llama_kwargs: Any) -> "Service":
+        """``n_ctx``: tokens of one request (prompt and answer); the KV cache holds n_parallel of them,
+        plus ``prompt_cache`` cells for kept prompt prefixes (default: n_ctx; 0: none).
         ``masks``: the folder of masks (default: the model's folder, where build-mask writes them)."""
         from sadi_cpp.server.metrics import Metrics
         from sadi_cpp.server.routes import create_app
         from sadi_cpp.server.serving import Serving
 
         check_options(masks, n_parallel, n_ctx, max_queue, api_key)  # before the model loads
-        hook = load(model, **dict(llama_kwargs, n_ctx=n_ctx * n_parallel, n_batch=N_BATCH, n_ubatch=N_BATCH))
+        prompt_cache = n_ctx if prompt_cache is None else prompt_cache
+        if prompt_cache < 0:
+            raise BadInputError(f"prompt_cache must be >= 0 tokens (0: no cache), got {prompt_cache}", field="prompt_cache")
+        hook = load(model, **dict(llama_kwargs, n_ctx=n_ctx * n_parallel + prompt_cache, n_batch=N_BATCH, n_ubatch=N_BATCH))
         chat_problem = ""
         if chat_format is not None:
             choose_chat(hook, True, chat_format)
@@ -43,7 +48,7 @@ class Service:
             chat_problem = ("this model has no chat template (tokenizer.chat_template): use /v1/completions, "
                             "or start the server with a chat format (e.g. chatml)")
         library = MaskLibrary.load(Path(masks) if masks is not None else Path(hook.model_path).parent, hook)
-        batcher = Batcher(hook, n_parallel, n_ctx, max_queue)
+        batcher = Batcher(hook, n_parallel, n_ctx, max_queue, prompt_cache)
         model_id = Path(hook.model_path).name
         hook.max_piece_bytes  # computed now (a quarter second), not in the first request
         metrics = Metrics(batcher, configs=lambda: len(hook.configs))

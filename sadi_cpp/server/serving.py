@@ -159,10 +159,14 @@ class Serving:
         (the prompt, evaluated once, counts once)."""
         if isinstance(event, Finished):
             pending.info["prompt_tokens"] = event.prompt_tokens
+            pending.info["cached_tokens"] = event.cached_tokens
             pending.info["completion_tokens"] = pending.info.get("completion_tokens", 0) + event.completion_tokens
             if self.metrics is not None:
                 if index == 0:
                     self.metrics.prompt_tokens.inc(event.prompt_tokens)
+                    if event.cached_tokens:
+                        self.metrics.cache_hits.inc()
+                        self.metrics.cached_tokens.inc(event.cached_tokens)
                 self.metrics.completion_tokens.inc(event.completion_tokens)
         elif isinstance(event, Gated) and index == 0:
             pending.info["fired"] = event.result.fired
@@ -235,9 +239,9 @@ class Serving:
             self.batcher.cancel(pending.job)
 
 
-def _usage(finished: Dict[int, Finished]) -> Dict[str, int]:
+def _usage(finished: Dict[int, Finished]) -> Dict[str, Any]:
     """One prompt (evaluated once for all choices) and every choice's tokens."""
-    return usage(finished[0].prompt_tokens, sum(f.completion_tokens for f in finished.values()))
+    return usage(finished[0].prompt_tokens, sum(f.completion_tokens for f in finished.values()), finished[0].cached_tokens)
 
 
 async def _wait_disconnect(request: Request) -> None:
