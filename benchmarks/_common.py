@@ -83,3 +83,12 @@ def ratio_table(runs: Dict[str, Dict[str, List[float]]], ref: str) -> Tuple[List
         rows.append([name, round(p, 1), round(pr, 3), round(g, 1), round(gr, 3)])
         out[name] = {"prompt_tps": p, "prompt_ratio": pr, "gen_tps": g, "gen_ratio": gr, "runs": r}
     return rows, out
+
+
+def llama_cpp_server(args: List[str]) -> List[str]:
+    """The command that runs ``python -m llama_cpp.server ARGS`` with sadi-cpp's AMX workaround
+    applied first: on a llama.cpp build with AMX kernels llama_cpp.server crashes in them after
+    its first request (README), and with it both servers run the same kernels."""
+    code = ("import runpy, sys; from sadi_cpp.llama.runtime import avoid_amx_repacking; avoid_amx_repacking(); "
+            "sys.argv = ['llama_cpp.server'] + sys.argv[1:]; runpy.run_module('llama_cpp.server', run_name='__main__', alter_sys=True)")
+    return [sys.executable, "-c", code, *args]

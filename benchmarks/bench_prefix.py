@@ -7,14 +7,14 @@
 greedy completions of --max-tokens tokens. Servers, one at a time on the same model and threads:
 `sadi-cpp serve` with kept prefixes (its default), the same with `--prompt-cache 0`, and
 `python -m llama_cpp.server` (one slot; it reuses the longest common prefix of the previous
-prompt). Printed: time to first token (p50, p95), aggregate generated tokens/s, wall time.
+prompt; started with sadi-cpp's AMX workaround, _common.llama_cpp_server, so that it runs the
+same kernels). Printed: time to first token (p50, p95), aggregate generated tokens/s, wall time.
 Goal (issue 24): TTFT p50 with kept prefixes at most a quarter of without.
 """
 
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
 import threading
@@ -24,7 +24,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from _common import machine, print_table, write_json
+from _common import llama_cpp_server, machine, print_table, write_json
 from bench_server import free_port, one_request, start
 
 SENTENCE = ("The assistant answers questions about the city library: opening hours, membership, borrowing rules, "
@@ -88,8 +88,8 @@ def main() -> None:
                                           "--n-parallel", str(args.clients), "--n-ctx", n_ctx, "--prompt-cache", str(4096)],
         "sadi-cpp serve, --prompt-cache 0": [sys.executable, "-m", "sadi_cpp", "serve", model, "--masks", str(tmp), "--threads",
                                              threads, "--n-parallel", str(args.clients), "--n-ctx", n_ctx, "--prompt-cache", "0"],
-        "llama_cpp.server": [sys.executable, "-m", "llama_cpp.server", "--model", model, "--n_threads", threads,
-                             "--n_threads_batch", threads, "--n_ctx", n_ctx, "--interrupt_requests", "False"],
+        "llama_cpp.server": llama_cpp_server(["--model", model, "--n_threads", threads, "--n_threads_batch", threads,
+                                              "--n_ctx", n_ctx, "--interrupt_requests", "False"]),
     }
     out: Dict[str, Any] = {}
     for name, cmd in servers.items():

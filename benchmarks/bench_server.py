@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from _common import ROOT, machine, print_table, write_json
+from _common import ROOT, llama_cpp_server, machine, print_table, write_json
 
 sys.path.insert(0, str(ROOT / "tests"))
 from server_helpers import free_port  # noqa: E402
@@ -153,8 +153,8 @@ def main() -> None:
         port = free_port()
         # --interrupt_requests False: by default a new request cuts the running stream short, so with
         # several clients most answers would end after a few tokens
-        proc = start([sys.executable, "-m", "llama_cpp.server", "--model", model, "--port", str(port), "--n_threads", threads,
-                      "--n_threads_batch", threads, "--interrupt_requests", "False"], port, tmp / "llama_cpp_server.log")
+        proc = start(llama_cpp_server(["--model", model, "--port", str(port), "--n_threads", threads, "--n_threads_batch", threads,
+                                       "--interrupt_requests", "False"]), port, tmp / "llama_cpp_server.log")
         try:
             for n in levels:
                 runs.append({"round": rnd, "server": "llama_cpp.server", "steering": "none",
