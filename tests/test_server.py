@@ -292,9 +292,18 @@ def test_kept_prompt_prefixes_answer_as_a_server_without_them(served: Server):
     assert cached_all == 0 and again["tokens"] == first["tokens"]
     assert np.abs(np.array(again["lp"]) - np.array(first["lp"])).max(initial=0) <= tol
     model = served.args[1]
+    # a request that arrives while another with the same prompt is still generating takes that one's cells
+    running = http.client.HTTPConnection("127.0.0.1", served.port, timeout=60)
+    running.request("POST", "/v1/completions", json.dumps({"prompt": system + "Q: and then?", "max_tokens": 60, "min_tokens": 60,
+                                                           "stream": True, "temperature": 0}), {"Content-Type": "application/json"})
+    assert running.getresponse().fp.readline()  # its first chunk: its prompt is evaluated
+    shared, cached_r = ask(served, system + "Q: and then?", {"mask": "tiny.head", "delta": 9})
+    assert cached_r == ask.prompt_tokens - 1  # type: ignore[attr-defined]
+    running.close()
     with Server([model, "--masks", served.args[3], "--n-ctx", "128", "--cache-type", "f32", "--prompt-cache", "0"]) as fresh:
-        for got, sadi in ((plain_b, None), (steered_b, {"mask": "tiny.head", "delta": 9})):
-            want, cached = ask(fresh, system + "Q: how so?", sadi)
+        for got, sadi, prompt in ((plain_b, None, system + "Q: how so?"), (steered_b, {"mask": "tiny.head", "delta": 9}, system + "Q: how so?"),
+                                  (shared, {"mask": "tiny.head", "delta": 9}, system + "Q: and then?")):
+            want, cached = ask(fresh, prompt, sadi)
             assert cached == 0 and got["tokens"] == want["tokens"], (sadi, got, want)
             assert np.abs(np.array(got["lp"]) - np.array(want["lp"])).max(initial=0) <= tol
     scraped = _scrape(served)

@@ -29,7 +29,7 @@ def serve(
     allowed_hosts: Annotated[Optional[str], typer.Option("--allowed-hosts", help="Host names requests may address, comma-separated (default: the loopback names when --host is loopback, else any).")] = None,
     max_connections: Annotated[int, typer.Option("--max-connections", help="Open connections at most; more are closed as they come.")] = 256,
     header_timeout: Annotated[float, typer.Option("--header-timeout", help="Seconds a connection has to send its request head; then it is closed.")] = 10.0,
-    prompt_cache: Annotated[Optional[int], typer.Option("--prompt-cache", help="Tokens of prompt prefixes kept after their requests for later ones to reuse (default: --n-ctx; 0: none).")] = None,
+    prompt_cache: Annotated[Optional[int], typer.Option("--prompt-cache", help="Tokens of prompt prefixes kept after their requests for later ones to reuse (default: --n-ctx; 0: no prompt reuse at all).")] = None,
     log_prompts: Annotated[bool, typer.Option("--log-prompts", help="Write each request's prompt (its first 1000 characters) into the access log.")] = False,
     threads: Threads = None,
 ) -> None:

@@ -22,7 +22,7 @@ from sadi_cpp.errors import BadInputError, SadiError
 from sadi_cpp.llama.batch import BatchRow
 from sadi_cpp.scoring.logprob import log_softmax
 from sadi_cpp.server.jobs import Failed, Finished, Gated, Job, Piece, QueueFull, TokenInfo
-from sadi_cpp.server.prefix_cache import PrefixCache, keepable, reusable
+from sadi_cpp.server.prefix_cache import PrefixCache, keepable, reusable, share_running
 from sadi_cpp.server.sampling import PENALTY_LAST_N, next_token, top_logprobs
 
 if TYPE_CHECKING:  # annotations only: the hook is handed in, never made here
@@ -215,6 +215,8 @@ class Batcher:
             self.hook.remove_config(self._configs.pop(key)[0])
 
     def _step(self, active: List[Job]) -> None:
+        if self.cache.budget:  # prompt reuse on (--prompt-cache 0 turns it off, kept and running alike)
+            share_running(self.hook, active)
         rows: List[BatchRow] = []
         outputs: List[int] = []
         owners: List[List[Job]] = []  # the jobs that sample from each output row

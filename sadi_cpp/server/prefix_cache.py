@@ -9,6 +9,9 @@ an unsteered request's whole prompt; under `all` nothing (every cell depends on 
 A request reuses at most its prompt's length minus one (the last token is always evaluated: it
 gives the first logits) and nothing under `all`.
 
+The same rule lets a request take the cells a running request has already evaluated
+(:func:`share_running`): requests that arrive together with one system prompt evaluate it once.
+
 Each kept prefix lives in a sequence of its own, above the server's running sequences; copying
 one into a request's sequence adds that sequence to the same cells (llama.cpp's seq_cp: no data
 copied). The cells they hold are extra room in the context (--prompt-cache tokens); the least
@@ -22,6 +25,7 @@ from typing import TYPE_CHECKING, Deque, List, Optional, OrderedDict, Sequence, 
 
 if TYPE_CHECKING:  # annotations only: the hook is handed in, never made here
     from sadi_cpp.llama.hook import Hook
+    from sadi_cpp.server.jobs import Job
 
 
 def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
@@ -110,3 +114,29 @@ def keepable(prompt: Sequence[int], positions: Optional[str]) -> Sequence[int]:
     if positions is None:
         return prompt
     return () if positions == "all" else prompt[:-1]
+
+
+def share_running(hook: Hook, active: Sequence[Job]) -> None:
+    """A request that has not evaluated any prompt token of its own yet takes the longest
+    unsteered prefix a running request has already evaluated (requests that arrive together
+    with the same system prompt evaluate it once, not each)."""
+    for job in active:
+        if not job.leads or job.n_fed != job.cached or job.n_fed >= len(job.prompt) - 1:
+            continue
+        limit = reusable(job.prompt, job.steer.positions if job.steer else None)
+        best, src = job.n_fed, None
+        for other in active:
+            if other is job or not other.leads or other.n_fed == 0:
+                continue
+            policy = other.steer.positions if other.steer else None
+            if policy == "all":  # every cell it made depends on its steering
+                continue
+            done = other.n_fed if policy is None else min(other.n_fed, len(other.prompt) - 1)  # its unsteered cells
+            k = min(common_prefix(other.prompt, job.prompt), done, limit)
+            if k > best:
+                best, src = k, other
+        if src is not None:
+            for member in job.members:  # drop what a kept prefix gave it, then share the running one's cells
+                hook.seq_free(member.seq)
+                hook.seq_copy(src.seq, member.seq, 0, best)
+                member.n_fed = member.cached = best
