@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import assert_f32_close, eval_fresh, f32_tol
+from helpers import F32_EPS, ORACLE_ULPS, assert_f32_close, eval_fresh, f32_tol
 
 import sadi_cpp
 from sadi_cpp import BadInputError, Steering
@@ -134,7 +134,9 @@ def test_gated_sequences_in_a_batch_equal_them_alone(tiny, make_llama):
     alone = sadi_cpp.attach(make_llama())
     with alone.steering(Steering(mask, 3.0, gate=open_gate)):
         assert_f32_close(got[0], eval_fresh(alone.llm, PROMPT), what="open gate in a batch")
-        assert abs(alone.gate_result.score - hook.gate(0).score) <= 1e-6  # other summation order in a batch
+        # the residual rows of a batch and of a lone decode differ by f32 rounding (another grouping of
+        # rows: ORACLE_ULPS eps relative, helpers.py); a cosine of such rows moves by a few times that
+        assert abs(alone.gate_result.score - hook.gate(0).score) <= 4 * ORACLE_ULPS * F32_EPS
     unsteered = eval_fresh(alone.llm, PROMPT)
     assert_f32_close(got[1], unsteered, what="shut gate in a batch")
     with alone.steering(mask, -0.5):

@@ -250,7 +250,7 @@ def steering_of(parts: List[Tuple[Any, float]], hook: Any, weighting: str, gate:
     """The Steering of the masks (each checked against the model; a note where one was built on
     another quantization of it): one mask as it is, several composed; ``gate`` (a loaded Gate,
     checked against the model too) gates it."""
-    from sadi_cpp.steering import Steering
+    from sadi_cpp.steering import Steering, as_steering
 
     made = []
     for m, delta in parts:
@@ -259,7 +259,7 @@ def steering_of(parts: List[Tuple[Any, float]], hook: Any, weighting: str, gate:
             err.print(f"note: {note}", soft_wrap=True)
         made.append(Steering(m.units(), delta, weights=m.weights(weighting)))
     fitted_gate(gate, hook)
-    return Steering(made[0].mask, made[0].delta, weights=made[0].weights, gate=gate) if len(made) == 1 else Steering.compose(made, gate=gate)
+    return as_steering(made[0], gate=gate) if len(made) == 1 else Steering.compose(made, gate=gate)
 
 
 def fitted_gate(gate: Any, hook: Any) -> Any:
