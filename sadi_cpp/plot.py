@@ -68,3 +68,29 @@ def plot_mask(mask: Any, path: Union[str, Path]) -> Path:
     ax.legend(loc="upper right")
     fig.colorbar(im, ax=ax, label="mean difference")
     return _save(plt, fig, path)
+
+
+def plot_tradeoff(settings: Any, scorer: str, path: Union[str, Path]) -> Path:
+    """Behaviour against fluency, one point per setting (eval-gen's results), a line through each
+    kind's strengths in order, the behaviour's 95% interval as an error bar: where a user picks a
+    strength that moves the behaviour and keeps the text fluent."""
+    path = Path(path)
+    plt = _pyplot(path)
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    kinds = list(dict.fromkeys(s.kind for s in settings))
+    for kind in kinds:
+        points = sorted((s for s in settings if s.kind == kind), key=lambda s: (s.strength is None, s.strength or 0.0))
+        x = [s.fluency for s in points]
+        y = [s.score for s in points]
+        err = np.array([[s.score - s.score_ci[0] for s in points], [s.score_ci[1] - s.score for s in points]])
+        marker = "*" if kind == "unsteered" else "o"
+        ax.errorbar(x, y, yerr=err, marker=marker, markersize=12 if kind == "unsteered" else 6, capsize=3,
+                    linestyle="-" if len(points) > 1 else "none", label=kind)
+        for s in points:
+            if s.strength is not None:
+                ax.annotate(f"{s.strength:g}", (s.fluency, s.score), textcoords="offset points", xytext=(5, 5), fontsize=8)
+    ax.set_xlabel("fluency: unsteered log-likelihood per token of the text (nats)")
+    ax.set_ylabel(f"behaviour: mean {scorer} score (95% interval)")
+    ax.set_title("behaviour against fluency (labels: delta or scale)")
+    ax.legend()
+    return _save(plt, fig, path)

@@ -59,6 +59,17 @@ void register_engine(py::module_ & m) {
                                })
         .def("set_n_ubatch", &Engine::set_n_ubatch)
         .def_property("force_copy", &Engine::force_copy, &Engine::set_force_copy)
+        .def_property("copy_runs", &Engine::copy_runs, &Engine::set_copy_runs)
+        .def("copy_stats",
+             [](const Engine & e) {
+                 py::dict d;
+                 d["gets"]  = e.copy_stats().gets;
+                 d["sets"]  = e.copy_stats().sets;
+                 d["bytes"] = e.copy_stats().bytes;
+                 return d;
+             })
+        .def("site_device", [](const Engine & e, const std::string & site, int32_t il) { return e.site_device(to_site(site), il); },
+             py::arg("site"), py::arg("layer"))
         .def("begin_probe", &Engine::begin_probe)
         .def("end_probe", &Engine::end_probe)
         .def("site_problem", [](const Engine & e, const std::string & site) { return e.site_problem(to_site(site)); })

@@ -3,6 +3,7 @@ Shared helper functions are in helpers.py."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,9 @@ from llama_cpp import Llama
 from tiny_model import TinyLlama
 
 GGML_TYPE_F32 = 0
+# scripts/vulkan_check.sh runs the oracle tests with the tiny model's layers on a GPU backend
+# (SADI_TEST_N_GPU_LAYERS=-1); unset, everything stays on the CPU as in CI
+N_GPU_LAYERS = int(os.environ.get("SADI_TEST_N_GPU_LAYERS", "0"))
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +34,7 @@ def make_llama(tiny_path: Path):
 
     def make(**kw) -> Llama:
         args = dict(model_path=str(tiny_path), n_ctx=256, n_batch=256, n_ubatch=256, n_threads=2,
-                    type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32, verbose=False, logits_all=False)
+                    type_k=GGML_TYPE_F32, type_v=GGML_TYPE_F32, verbose=False, logits_all=False, n_gpu_layers=N_GPU_LAYERS)
         args.update(kw)
         llm = Llama(**args)
         made.append(llm)

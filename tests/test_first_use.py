@@ -93,7 +93,8 @@ def test_eval_says_when_tune_found_no_improvement(tiny_path: Path, pairs: Path, 
 
 
 def test_help_reads_like_a_typer_cli():
-    commands = ["build-mask", "generate", "inspect", "check", "eval", "tune", "prepare", "export-cvec", "serve"]
+    commands = ["build-mask", "generate", "inspect", "check", "eval", "tune", "prepare", "export-cvec", "serve", "build-gate", "tune-gate",
+                "pairs", "eval-gen", "tune-gen"]
     for cmd in commands:
         res = runner.invoke(app, [cmd, "--help"], terminal_width=160)
         assert res.exit_code == 0, res.output

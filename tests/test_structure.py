@@ -110,9 +110,10 @@ PARTS = {
     "masks": {"base", "llama", "data"},
     "scoring": {"base", "llama", "data"},
     "evaluation": {"base", "llama", "data", "masks", "scoring"},
+    "generation": {"base", "llama", "data", "masks", "scoring", "evaluation"},
     "server": {"base", "llama", "masks", "scoring"},
     "api": {"base", "llama"},
-    "cli": {"base", "llama", "data", "masks", "scoring", "evaluation", "server", "api"},
+    "cli": {"base", "llama", "data", "masks", "scoring", "evaluation", "generation", "server", "api"},
     "entry": {"cli"},
 }
 
@@ -146,7 +147,8 @@ def test_the_part_checker_catches_a_wrong_import():
 
 def test_cli_commands_use_only_the_common_module_of_the_cli():
     g = graph()
-    for name in ("sadi_cpp.cli.masks", "sadi_cpp.cli.evaluation", "sadi_cpp.cli.data", "sadi_cpp.cli.serve"):
+    for name in ("sadi_cpp.cli.masks", "sadi_cpp.cli.evaluation", "sadi_cpp.cli.data", "sadi_cpp.cli.serve", "sadi_cpp.cli.gates",
+                 "sadi_cpp.cli.generation"):
         assert "sadi_cpp.cli.common" in g[name]
         assert not {d for d in g[name] if d.startswith("sadi_cpp.cli.") and d != "sadi_cpp.cli.common"}
 
@@ -223,6 +225,10 @@ def test_the_stub_matches_the_compiled_engine():
                if isinstance(n, (ast.FunctionDef, ast.AnnAssign))} - {"__init__"}
     bound = {n for n in dir(_core.Engine) if not n.startswith("_")}
     assert stubbed == bound, f"only in the stub: {stubbed - bound}; only bound: {bound - stubbed}"
+    rpc = next(n for n in stub.body if isinstance(n, ast.ClassDef) and n.name == "_Rpc")
+    stubbed = {n.name for n in rpc.body if isinstance(n, ast.FunctionDef)}
+    bound = {n for n in dir(_core.rpc) if not n.startswith("_")}
+    assert stubbed == bound, f"rpc: only in the stub: {stubbed - bound}; only bound: {bound - stubbed}"
 
 
 def documented_modules(text: str) -> Set[str]:

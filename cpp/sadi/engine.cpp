@@ -124,11 +124,36 @@ void Engine::set_n_ubatch(int32_t n_ubatch) {
 
 // ---- topology probe ----
 
+namespace {
+
+// The device whose buffer holds t's data: a backend device's name ("CPU", "RPC0[host:port]"), or
+// the buffer type's name when it names no device.
+std::string device_of(const ggml_tensor * t) {
+    const ggml_tensor * x = t->view_src != nullptr ? t->view_src : t;
+    if (x->buffer == nullptr) {
+        return "";
+    }
+    ggml_backend_buffer_type_t buft = ggml_backend_buffer_get_type(x->buffer);
+    ggml_backend_dev_t dev = ggml_backend_buft_get_device(buft);
+    return dev != nullptr ? ggml_backend_dev_name(dev) : ggml_backend_buft_name(buft);
+}
+
+}  // namespace
+
+std::string Engine::site_device(Site site, int32_t il) const {
+    check_layer(il);
+    const auto & names = devices_[size_t(site)];
+    return size_t(il) < names.size() ? names[size_t(il)] : std::string();
+}
+
 void Engine::begin_probe() {
     probing_ = true;
     probe_error_.clear();
     for (auto & seen : probe_seen_) {
         seen.assign(size_t(shape_.n_layer), 0);
+    }
+    for (auto & names : devices_) {
+        names.assign(size_t(shape_.n_layer), std::string());
     }
     std::fill(neuron_base_.begin(), neuron_base_.end(), std::string());
     std::fill(hidden_base_.begin(), hidden_base_.end(), std::string());
@@ -148,15 +173,18 @@ void Engine::probe_node(const ggml_tensor * t) {
     };
     if (nn.base == head_node && !probe_seen_[size_t(Site::head)][il]) {
         probe_seen_[size_t(Site::head)][il] = 1;
+        devices_[size_t(Site::head)][il] = device_of(t);
         check_width(t, Site::head);
     } else if (nn.base == residual_node && !probe_seen_[size_t(Site::residual)][il]) {
         probe_seen_[size_t(Site::residual)][il] = 1;
+        devices_[size_t(Site::residual)][il] = device_of(t);
         check_width(t, Site::residual);
     } else if (nn.base == moe_down_node && t->op == GGML_OP_MUL_MAT_ID && shape_.n_expert > 0) {
         NodeName an;
         const ggml_tensor * act = t->src[1];
         if (act != nullptr && parse_node_name(act->name, an) && an.il == nn.il && !probe_seen_[size_t(Site::expert)][il]) {
             probe_seen_[size_t(Site::expert)][il] = 1;
+            devices_[size_t(Site::expert)][il] = device_of(act);
             expert_base_[il] = std::string(an.base);
             if (act->ne[0] != shape_.n_ff_exp && probe_error_.empty()) {
                 probe_error_ = "node " + shape_text(act) + " should be " + std::to_string(shape_.n_ff_exp) +
@@ -167,16 +195,19 @@ void Engine::probe_node(const ggml_tensor * t) {
         if (hidden_base_[il].empty()) {  // an ffn_out of the same layer takes over (MoE + shared expert)
             hidden_base_[il] = moe_out_node;
             probe_seen_[size_t(Site::hidden)][il] = 1;
+            devices_[size_t(Site::hidden)][il] = device_of(t);
             check_width(t, Site::hidden);
         }
     } else if (nn.base == ffn_out_node && is_ffn_output(t) && hidden_base_[il] != ffn_out_node) {
         hidden_base_[il] = ffn_out_node;
         probe_seen_[size_t(Site::hidden)][il] = 1;
+        devices_[size_t(Site::hidden)][il] = device_of(t);
         check_width(t, Site::hidden);
         const ggml_tensor * act = down_proj_input(t);
         NodeName an;
         if (act != nullptr && parse_node_name(act->name, an) && an.il == nn.il) {
             probe_seen_[size_t(Site::neuron)][il] = 1;
+            devices_[size_t(Site::neuron)][il] = device_of(act);
             neuron_base_[il] = std::string(an.base);
             check_width(act, Site::neuron);
         }
@@ -596,21 +627,20 @@ bool Engine::process(ggml_tensor * t, Site site, int32_t il) {
     }
     const UbatchPlan & ub = plans_[size_t(ubatch_)];
     const bool host = on_host(t);
-    const size_t row_bytes = size_t(width) * sizeof(float);
+    if (!host && !fetch_rows(t, site, il, ub)) {
+        return false;
+    }
 
-    // Returns the target's row of t (copied into scratch_ on the device path), or nullptr.
+    // Returns the target's row of t (in place on a host buffer, else the fetched copy), or nullptr.
     auto row_of = [&](const Target & tg) -> float * {
         const int32_t r = row_in(ub, tg, t, t->ne[1]);
         if (r < 0) {
             return nullptr;
         }
-        const size_t offset = size_t(r) * t->nb[1];
         if (host) {
-            return reinterpret_cast<float *>(static_cast<char *>(t->data) + offset);
+            return reinterpret_cast<float *>(static_cast<char *>(t->data) + size_t(r) * t->nb[1]);
         }
-        scratch_.resize(size_t(width));
-        ggml_backend_tensor_get(t, scratch_.data(), offset, row_bytes);
-        return scratch_.data();
+        return device_.row(r);
     };
 
     if (record_now_ && record_[size_t(site)]) {
@@ -646,11 +676,46 @@ bool Engine::process(ggml_tensor * t, Site site, int32_t il) {
                 add_row(x, add.data(), width);
             }
             if (!host) {
-                ggml_backend_tensor_set(t, x, size_t(tensor_row(ub, tg, t->ne[1])) * t->nb[1], row_bytes);
+                device_.mark_edited(tensor_row(ub, tg, t->ne[1]));
             }
         }
     }
+    if (!host) {
+        device_.write_back(t, copy_stats_);
+    }
     return !failed_;
+}
+
+// The rows of device node t that this ubatch reads (records, a gate's score) or edits, fetched.
+bool Engine::fetch_rows(const ggml_tensor * t, Site site, int32_t il, const UbatchPlan & ub) {
+    std::vector<int32_t> rows;
+    auto need = [&](const Target & tg) {
+        const int32_t r = row_in(ub, tg, t, t->ne[1]);
+        if (r >= 0) {
+            rows.push_back(r);
+        }
+    };
+    if (record_now_ && record_[size_t(site)]) {
+        for (const Target & tg : ub.record) {
+            need(tg);
+        }
+    }
+    if (steer_now_) {
+        for (const Target & tg : ub.steer) {
+            const Config & c = configs_[size_t(steer_configs_[size_t(tg.slot)])];
+            const bool scores = site == Site::residual && steer_decide_[size_t(tg.slot)] != 0 && c.gate.layer == il;
+            if (scores || c.steers(site, il)) {
+                need(tg);
+            }
+        }
+    }
+    if (failed_) {
+        return false;
+    }
+    std::sort(rows.begin(), rows.end());
+    rows.erase(std::unique(rows.begin(), rows.end()), rows.end());
+    device_.fetch(t, rows, shape_.width(site), copy_runs_, copy_stats_);
+    return true;
 }
 
 bool Engine::gate_allows(const Target & tg, const Config & c, int32_t il) {
@@ -698,6 +763,9 @@ bool Engine::process_experts(ggml_tensor * t, int32_t il) {
             return false;
         }
         ggml_backend_tensor_get(const_cast<ggml_tensor *>(ids), chosen.data(), size_t(r) * ids->nb[1], size_t(n_used) * sizeof(int32_t));
+        if (!host) {
+            copy_stats_.gets += 1;
+        }
         for (int64_t k = 0; k < n_used; ++k) {
             if (chosen[size_t(k)] < 0 || chosen[size_t(k)] >= shape_.n_expert) {
                 fail("node " + shape_text(t) + ": expert id " + std::to_string(chosen[size_t(k)]) + " out of range");
@@ -708,6 +776,7 @@ bool Engine::process_experts(ggml_tensor * t, int32_t il) {
                 std::memcpy(act.data() + k * n_ff, static_cast<const char *>(t->data) + offset, slot_bytes);
             } else {
                 ggml_backend_tensor_get(t, act.data() + k * n_ff, offset, slot_bytes);
+                copy_stats_.gets += 1;
             }
         }
         return true;
@@ -755,6 +824,7 @@ bool Engine::process_experts(ggml_tensor * t, int32_t il) {
                     std::memcpy(static_cast<char *>(t->data) + offset, x, slot_bytes);
                 } else {
                     ggml_backend_tensor_set(t, x, offset, slot_bytes);
+                    copy_stats_.sets += 1;
                 }
             }
         }

@@ -9,6 +9,7 @@
 // error, cancels the rest of the compute and the caller collects the error with end_decode().
 #pragma once
 
+#include "sadi/device_rows.hpp"
 #include "sadi/kernels.hpp"
 #include "sadi/node_name.hpp"
 #include "sadi/row_map.hpp"
@@ -61,6 +62,14 @@ public:
     // Use ggml_backend_tensor_get/set even on host buffers (tests the device path on the CPU).
     void set_force_copy(bool on) { force_copy_ = on; }
     bool force_copy() const { return force_copy_; }
+    // Device nodes: fetch the rows a node needs in runs (default), or one call per row (benchmarks).
+    void set_copy_runs(bool on) { copy_runs_ = on; }
+    bool copy_runs() const { return copy_runs_; }
+    // ggml_backend_tensor_get/set calls made since the engine was made (device nodes only).
+    const CopyStats & copy_stats() const { return copy_stats_; }
+    // The device that computes the site's node of layer il, as the probe found it ("CPU",
+    // "RPC0[127.0.0.1:50052]", ...); "" when this model has no such node.
+    std::string site_device(Site site, int32_t il) const;
 
     // Topology probe: decode one token between these calls. The engine then knows each layer's
     // neuron node and which sites this model's graph has.
@@ -138,6 +147,7 @@ private:
     const Config & live(int32_t config) const;
     Accumulator & slot(int32_t index);
     bool process(ggml_tensor * t, Site site, int32_t il);
+    bool fetch_rows(const ggml_tensor * t, Site site, int32_t il, const UbatchPlan & ub);
     bool process_experts(ggml_tensor * t, int32_t il);
     // Whether the steered target's configuration edits layer il of it now (its gate allows it).
     bool gate_allows(const Target & tg, const Config & c, int32_t il);
@@ -161,6 +171,7 @@ private:
     std::vector<std::string> expert_base_;  // per layer: the input of ffn_moe_down (MoE only)
     std::array<std::string, n_sites> problems_;
     std::array<std::vector<char>, n_sites> probe_seen_;
+    std::array<std::vector<std::string>, n_sites> devices_;  // [site][layer]: the node's device
     std::string probe_error_;
 
     // steering
@@ -188,7 +199,9 @@ private:
     int32_t ubatch_ = -1;
     bool failed_ = false;
     std::string error_;
-    std::vector<float> scratch_;
+    bool copy_runs_ = true;
+    CopyStats copy_stats_;
+    DeviceRows device_;
 };
 
 }  // namespace sadi

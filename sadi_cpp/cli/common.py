@@ -46,8 +46,12 @@ class _State:
 
 
 def note_kept(what: str) -> None:
-    """Say what an interrupt from now on leaves behind on purpose (e.g. cached statistics)."""
+    """Say what an interrupt (or a lost RPC worker) from now on leaves behind on purpose (e.g.
+    cached statistics)."""
+    from sadi_cpp.llama.rpc import on_fault
+
     _State.kept.append(what)
+    on_fault(note="kept: " + "; ".join(_State.kept))
 
 
 def _interrupted(word: str) -> str:
@@ -147,8 +151,14 @@ def llama_kwargs(threads: Optional[int], **kwargs: Any) -> Dict[str, Any]:
     return kwargs
 
 
-def load_model(model: Optional[str], n_ctx: int, threads: Optional[int]) -> "sadi_cpp.Hook":
-    return sadi_cpp.load(model, **llama_kwargs(threads, n_ctx=n_ctx))
+def load_model(model: Optional[str], n_ctx: int, threads: Optional[int], rpc: Optional[str] = None) -> "sadi_cpp.Hook":
+    """The model, with the engine; ``rpc``: its layers on these llama.cpp RPC workers (checked first)."""
+    hook = sadi_cpp.load(model, rpc=rpc, **llama_kwargs(threads, n_ctx=n_ctx))
+    if rpc is not None:
+        from sadi_cpp.llama.rpc import on_fault
+
+        on_fault(note=_interrupted("the command stopped"))
+    return hook
 
 
 PLAIN_EVERY_SECONDS = 5.0  # a plain progress line at least this often (and at every tenth of the work)
@@ -369,6 +379,7 @@ ModelArg = Annotated[Optional[str], typer.Argument(metavar="[MODEL]", help="GGUF
 Site = Annotated[str, typer.Option("--site", help="head (attention heads), neuron (FFN units), hidden (FFN output elements) or expert (neurons of a mixture-of-experts FFN).")]
 NCtx = Annotated[int, typer.Option("--n-ctx", help="Context length of the model.")]
 Threads = Annotated[Optional[int], typer.Option("--threads", help="CPU threads (default: llama.cpp's choice).")]
+Rpc = Annotated[Optional[str], typer.Option("--rpc", help="Split the model over llama.cpp RPC workers: HOST:PORT[,HOST:PORT...] (start each with sadi-cpp worker).")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
 Positions = Annotated[str, typer.Option("--positions", help="Rows steered: last (the paper's: last prompt token) | last+generated | all.")]

@@ -10,27 +10,38 @@ import numpy as np
 import typer
 from typing_extensions import Annotated
 
-from sadi_cpp.cli.common import JsonOut, Model, NCtx, Quiet, Threads, app, errors, ints, load_model, out, progress_bar
+from sadi_cpp.cli.common import Rpc, JsonOut, Model, NCtx, Quiet, Threads, app, errors, ints, load_model, out, progress_bar
+from sadi_cpp.errors import BadInputError
 from sadi_cpp.files import check_output
 
 
 @app.command()
 @errors
 def prepare(
-    task: Annotated[str, typer.Argument(help="copa | storycloze | sst2 | boolq | winogrande | mmlu | nli (the paper's formats) | copa-cloze")],
-    raw: Annotated[Path, typer.Argument(help="The task's JSONL file (fields as in its usual release).")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Multiple-choice JSONL to write.")],
+    task: Annotated[str, typer.Argument(help="copa | storycloze | sst2 | boolq | winogrande | mmlu | nli (the paper's formats) | copa-cloze; "
+                                             "for generation: triviaqa (prompts), triviaqa-pairs (pairs for build-mask), neutral (sadi-cpp's open prompts)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="JSONL to write.", show_default=False)],
+    raw: Annotated[Optional[Path], typer.Argument(help="The task's JSONL file (fields as in its usual release); none for neutral.")] = None,
     start: Annotated[int, typer.Option("--start", help="Skip this many rows first.")] = 0,
     limit: Annotated[Optional[int], typer.Option("--limit", help="Convert at most this many rows.")] = None,
+    split: Annotated[str, typer.Option("--split", help="neutral: dev or test (no prompt in common).")] = "dev",
+    seed: Annotated[int, typer.Option("--seed", help="triviaqa-pairs: which other question's answer is the wrong one.")] = 0,
 ) -> None:
-    """Turn a task file into multiple-choice JSONL with the paper's prompt format."""
+    """Turn a task file into multiple-choice JSONL with the paper's prompt format, or into prompts / pairs for generation."""
     from sadi_cpp.data.mcdata import write_jsonl
+    from sadi_cpp.data.prompts import GEN_TASKS, convert_generation
     from sadi_cpp.data.tasks import convert_file
 
     check_output(output, "data file")
-    rows = convert_file(task, raw, start, limit)
+    if task in GEN_TASKS:
+        rows = convert_generation(task, raw, start, limit, split, seed)
+    elif raw is None:
+        raise BadInputError(f"prepare {task} needs the task's JSONL file (RAW)", field="raw")
+    else:
+        rows = convert_file(task, raw, start, limit)
     write_jsonl(rows, output)
-    out.print(f"{len(rows)} {task} items written to {output}", highlight=False, soft_wrap=True)
+    what = "pairs" if task == "triviaqa-pairs" else "prompts" if task in GEN_TASKS else "items"
+    out.print(f"{len(rows)} {task} {what} written to {output}", highlight=False, soft_wrap=True)
 
 
 @app.command("export-cvec")
@@ -43,6 +54,7 @@ def export_cvec(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Control-vector GGUF (default: beside the model, <model>.<pairs>.cvec.gguf).")] = None,
     n_ctx: NCtx = 512,
     threads: Threads = None,
+    rpc: Rpc = None,
     quiet: Quiet = False,
     as_json: JsonOut = False,
 ) -> None:
@@ -55,7 +67,7 @@ def export_cvec(
         check_output(output, "control vector")
     items = read_pairs(pairs)
     chosen = ints(layers, "--layers")
-    hook = load_model(model, n_ctx, threads)
+    hook = load_model(model, n_ctx, threads, rpc)
     with progress_bar("pairs", len(items), quiet, plain=as_json) as step:
         dirs, chosen, n_used = directions_from_pairs(hook, items, chosen, scale, progress=step)
     target = write_cvec(dirs, output or default_cvec_path(hook.model_path, pairs), hook.shape.arch)

@@ -13,7 +13,7 @@ from rich.text import Text
 from typing_extensions import Annotated
 
 from sadi_cpp.cli.common import (
-    JsonOut, Model, NCtx, NoCache, Norm, Positions, Quiet, Site, Threads, answers_line, app, choice_names, constant_warning,
+    Rpc,     JsonOut, Model, NCtx, NoCache, Norm, Positions, Quiet, Site, Threads, answers_line, app, choice_names, constant_warning,
     err, errors, fitted_gate, floats, interval, ints, load_masks, load_model, note_kept, out, progress_bar, steering_of,
 )
 from sadi_cpp.errors import BadInputError
@@ -39,6 +39,7 @@ def eval_cmd(
     limit: Annotated[Optional[int], typer.Option("--limit", help="Use the first N items only.")] = None,
     n_ctx: NCtx = 1024,
     threads: Threads = None,
+    rpc: Rpc = None,
     quiet: Quiet = False,
     as_json: JsonOut = False,
 ) -> None:
@@ -55,7 +56,7 @@ def eval_cmd(
     parts = load_masks(mask, delta, top_k, weighting) if mask else []
     gated = load_gate(gate) if gate is not None else None
     items = read_mc(data, limit)
-    hook = load_model(model, n_ctx, threads)
+    hook = load_model(model, n_ctx, threads, rpc)
     config, info = from_files(hook, method, mask, parts, cvec, alpha, seed, weighting, gated)
     if gated is not None:
         info["gate"] = {"file": str(gate), "layer": gated.layer, "threshold": gated.threshold}
@@ -111,6 +112,7 @@ def tune(
     no_cache: NoCache = False,
     n_ctx: NCtx = 1024,
     threads: Threads = None,
+    rpc: Rpc = None,
     quiet: Quiet = False,
     as_json: JsonOut = False,
 ) -> None:
@@ -132,7 +134,7 @@ def tune(
         pairs = pairs.first_lines(limit_train)
     items = read_mc(dev, limit_dev)
     rank_by = "abs" if rank_abs else "signed"
-    hook = load_model(model, n_ctx, threads)
+    hook = load_model(model, n_ctx, threads, rpc)
     rows, cols = check_grid(method, rows, cols, hook.shape, site)  # against the model, before any decode
     compose_with = steering_of(companions, hook, "uniform") if companions else None
     fitted_gate(gated, hook)

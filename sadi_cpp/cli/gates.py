@@ -10,7 +10,7 @@ import typer
 from typing_extensions import Annotated
 
 from sadi_cpp.cli.common import (
-    JsonOut, Model, ModelArg, NCtx, Threads, app, errors, fitted_gate, load_model, one_model, out, progress_bar, threshold_line,
+    Rpc,     JsonOut, Model, ModelArg, NCtx, Threads, app, errors, fitted_gate, load_model, one_model, out, progress_bar, threshold_line,
 )
 from sadi_cpp.files import check_output
 
@@ -30,6 +30,7 @@ def build_gate_cmd(
     quiet: Quiet = False,
     n_ctx: NCtx = 512,
     threads: Threads = None,
+    rpc: Rpc = None,
     as_json: JsonOut = False,
 ) -> None:
     """Build a gate (a condition that decides per input whether a steering acts) and save it as a sidecar."""
@@ -43,7 +44,7 @@ def build_gate_cmd(
     items = read_pairs(pairs)
     dev_items = read_pairs(dev) if dev is not None else None
     test_items = read_pairs(test) if test is not None else None
-    hook = load_model(model, n_ctx, threads)
+    hook = load_model(model, n_ctx, threads, rpc)
     target = check_output(output or default_gate_path(hook.model_path, pairs), "gate file")
     with progress_bar("texts", 2 * (len(items) + len(dev_items or ())), quiet, plain=as_json) as step:
         gate, report = build_gate(hook, items, layer=layer, dev=dev_items, progress=step)
@@ -64,6 +65,7 @@ def tune_gate_cmd(
     quiet: Quiet = False,
     n_ctx: NCtx = 512,
     threads: Threads = None,
+    rpc: Rpc = None,
     as_json: JsonOut = False,
 ) -> None:
     """Choose a gate's threshold on dev pairs (best balanced accuracy) and write it into the gate."""
@@ -75,7 +77,7 @@ def tune_gate_cmd(
     gate = load_gate(gate_file)
     dev_items = read_pairs(dev)
     test_items = read_pairs(test) if test is not None else None
-    hook = load_model(model, n_ctx, threads)
+    hook = load_model(model, n_ctx, threads, rpc)
     fitted_gate(gate, hook)
     with progress_bar("texts", 2 * len(dev_items), quiet, plain=as_json, label="dev") as step:
         gate, chosen = tune_threshold(hook, gate, dev_items, step)

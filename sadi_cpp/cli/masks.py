@@ -13,7 +13,7 @@ from rich.table import Table
 from typing_extensions import Annotated
 
 from sadi_cpp.cli.common import (
-    JsonOut, Model, ModelArg, NCtx, NoCache, Site, Threads, app, err, errors, gate_info, gate_line, load_masks, load_model, one_model,
+    Rpc,     JsonOut, Model, ModelArg, NCtx, NoCache, Site, Threads, app, err, errors, gate_info, gate_line, load_masks, load_model, one_model,
     out, plain, print_gate, progress_bar, steering_of, tuned_line, units_table,
 )
 from sadi_cpp.errors import BadInputError
@@ -37,6 +37,7 @@ def build_mask_cmd(
     no_cache: NoCache = False,
     n_ctx: NCtx = 512,
     threads: Threads = None,
+    rpc: Rpc = None,
     as_json: JsonOut = False,
 ) -> None:
     """Build a SADI mask from contrastive pairs (SADI steps 1-2) and save it as a GGUF sidecar."""
@@ -50,7 +51,7 @@ def build_mask_cmd(
     if output is not None:
         check_output(output, "mask file")  # before the model loads and the pairs run
     items = read_pairs(pairs)  # validate the whole file before loading the model
-    hook = load_model(model, n_ctx, threads)
+    hook = load_model(model, n_ctx, threads, rpc)
     target = check_output(output or default_mask_path(hook.model_path, pairs, site), "mask file")
     stats = BuildStats()
     with progress_bar("pairs", len(items), quiet, plain=as_json) as step:
@@ -93,6 +94,7 @@ def generate(
     seed: Annotated[int, typer.Option("--seed", help="Sampling seed.")] = 0,
     n_ctx: NCtx = 1024,
     threads: Threads = None,
+    rpc: Rpc = None,
     as_json: JsonOut = False,
 ) -> None:
     """Generate text with the model steered by a SADI mask (streams tokens)."""
@@ -103,7 +105,7 @@ def generate(
     parts = load_masks(mask, delta, top_k, weighting)
     gated = load_gate(gate) if gate is not None else None
     policy = check_gated(check_policy(positions or parts[0][0].positions), gated is not None)
-    hook = load_model(model, n_ctx, threads)
+    hook = load_model(model, n_ctx, threads, rpc)
     steering = steering_of(parts, hook, weighting, gated)
     use_chat = choose_chat(hook, chat, chat_format)
     stream = not (compare or as_json)
@@ -249,12 +251,13 @@ def _composition(masks: List[Any]) -> Dict[str, Any]:
 def check(
     model_arg: ModelArg = None,
     model: Model = None,
+    rpc: Rpc = None,
     as_json: JsonOut = False,
 ) -> None:
-    """Load a model, probe its graph, and say which sites can be read and steered (and why not)."""
+    """Load a model, probe its graph, and say which sites can be read and steered (and why not), and where they run."""
     from sadi_cpp.llama.check import report
 
-    hook = load_model(one_model(model_arg, model), 256, None)
+    hook = load_model(one_model(model_arg, model), 256, None, rpc)
     info = report(hook)
     if as_json:
         out.print_json(json.dumps(info))
@@ -266,3 +269,8 @@ def check(
               f"n_ff {s['n_ff']}, n_embd {s['n_embd']}{experts}, n_vocab {info['n_vocab']}", highlight=False, soft_wrap=True)
     for site, st in info["sites"].items():
         out.print(f"  {site:<8} " + (f"ok: {st['node']}" if st["ok"] else f"no: {st['problem']}"), highlight=False, soft_wrap=True)
+    if rpc is not None:
+        for site, st in info["sites"].items():
+            if st["ok"]:
+                where = ", ".join(f"layers {d['first']}-{d['last']} on {d['device']}" for d in st["devices"])
+                out.print(f"  {site:<8} {plain(where)}", highlight=False, soft_wrap=True)

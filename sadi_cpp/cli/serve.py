@@ -1,15 +1,18 @@
-"""The serve command: an OpenAI-compatible server with per-request steering."""
+"""The long-running commands: serve (an OpenAI-compatible server with per-request steering) and
+worker (a llama.cpp RPC worker for models split over machines)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Optional
 
+import signal
+
 import typer
 from typing_extensions import Annotated
 
-from sadi_cpp.cli.common import Model, ModelArg, Threads, app, err, errors, llama_kwargs, one_model, out, plain
-from sadi_cpp.errors import BadInputError
+from sadi_cpp.cli.common import Model, ModelArg, Rpc, Threads, app, err, errors, llama_kwargs, one_model, out, plain
+from sadi_cpp.errors import BadInputError, SadiError
 
 
 @app.command()
@@ -32,6 +35,7 @@ def serve(
     prompt_cache: Annotated[Optional[int], typer.Option("--prompt-cache", help="Tokens of prompt prefixes kept after their requests for later ones to reuse (default: --n-ctx; 0: no prompt reuse at all).")] = None,
     log_prompts: Annotated[bool, typer.Option("--log-prompts", help="Write each request's prompt (its first 1000 characters) into the access log.")] = False,
     threads: Threads = None,
+    rpc: Rpc = None,
 ) -> None:
     """Serve the model over an OpenAI-compatible HTTP API; each request may pick a mask ("sadi" field)."""
     try:
@@ -53,7 +57,7 @@ def serve(
     hosts = tuple(h.strip() for h in allowed_hosts.split(",") if h.strip()) if allowed_hosts else local_hosts(host)
     kv = CACHE_TYPES[cache_type]
     service = Service.build(model, masks, n_parallel, n_ctx, chat_format, api_key, max_queue, hosts, log_prompts, prompt_cache,
-                            **llama_kwargs(threads, type_k=kv, type_v=kv))
+                            **llama_kwargs(threads, type_k=kv, type_v=kv, rpc=rpc))
     enable_access_log()
     lib = service.library
     out.print(f"model: {service.hook.model_path}", soft_wrap=True)
@@ -76,3 +80,28 @@ def serve(
 
 
 CACHE_TYPES = {"f16": 1, "f32": 0}  # ggml type ids
+
+
+@app.command()
+@errors
+def worker(
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (127.0.0.1: this machine only).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 50052,
+    device: Annotated[Optional[str], typer.Option("--device", help="The llama.cpp device to serve (default: the CPU).")] = None,
+    threads: Threads = None,
+    cache: Annotated[Optional[Path], typer.Option("--cache", help="Folder where the worker keeps weights it was sent, by hash (later loads send only hashes).")] = None,
+) -> None:
+    """Run a llama.cpp RPC worker: other machines then split a model over it with --rpc HOST:PORT."""
+    from sadi_cpp.llama.rpc import protocol, serve_worker
+
+    if not 0 < port < 65536:
+        raise BadInputError(f"port must be in 1..65535, got {port}", field="port")
+    if cache is not None:
+        cache.mkdir(parents=True, exist_ok=True)
+    err.print(f"warning: llama.cpp's RPC protocol has no authentication and no encryption: anyone who can reach {host}:{port} "
+              "can run computations on this machine and read what is sent; listen on a trusted network only", soft_wrap=True)
+    err.print(f"RPC protocol {'.'.join(map(str, protocol()))}; clients: sadi-cpp ... --rpc {host}:{port}", soft_wrap=True)
+    # the server blocks inside llama.cpp, where Python's handlers never run: the signals end it as they would any program
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    raise SadiError(serve_worker(host, port, device, threads, None if cache is None else str(cache)))

@@ -6,7 +6,9 @@ One JSON object per line, either
   {"positive": A, "negative": B}                 two whole texts
   {"prompt": P, "choices": [...], "label": i}    a multiple-choice item (sadi_cpp.data.mcdata): one pair
                                                  P+correct vs P+wrong for each wrong choice
-Empty lines are skipped.
+A pair may add ``"special": true``: control-token text in it (``<start_of_turn>``, ...) is read as
+the control tokens, as in a prompt rendered through a chat template (``sadi-cpp pairs`` writes it);
+without it, such text is plain text. Empty lines are skipped.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class Pair:
     positive: str  # the whole positive text (prompt + completion)
     negative: str
     where: str = ""  # "file:line", for messages
+    special: bool = False  # control-token text is read as control tokens (a chat-rendered pair)
 
 
 def parse_pair(obj: object, where: str) -> Pair:
@@ -41,7 +44,10 @@ def parse_pair(obj: object, where: str) -> Pair:
     prompt = obj.get("prompt", "")
     if not isinstance(prompt, str):
         raise BadInputError(f"{where}: field 'prompt' must be a string")
-    return Pair(prompt + obj["positive"], prompt + obj["negative"], where)
+    special = obj.get("special", False)
+    if not isinstance(special, bool):
+        raise BadInputError(f"{where}: field 'special' must be true or false")
+    return Pair(prompt + obj["positive"], prompt + obj["negative"], where, special)
 
 
 def parse_line(obj: object, where: str) -> List[Pair]:

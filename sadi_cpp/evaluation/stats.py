@@ -53,3 +53,19 @@ def paired(base: np.ndarray, other: np.ndarray, n_boot: int = N_BOOT, seed: int 
         n=len(base), base_acc=float(base.mean()), base_ci=ci(base), acc=float(other.mean()), ci=ci(other),
         diff=float(d.mean()), diff_ci=ci(d), gained=int(((base == 0) & (other == 1)).sum()), lost=int(((base == 1) & (other == 0)).sum()),
     )
+
+
+def mean_interval(values: np.ndarray, n_boot: int = N_BOOT, seed: int = 0) -> Tuple[float, Tuple[float, float]]:
+    """The mean of the finite values of a per-item vector (nan: no value for that item) and its 95%
+    percentile bootstrap interval, items resampled with replacement (seeded: the same resamples
+    for every vector of the same length, so intervals of paired vectors match item for item)."""
+    x = np.asarray(values, float)
+    finite = np.isfinite(x)
+    if x.ndim != 1 or not finite.any():
+        return float("nan"), (float("nan"), float("nan"))
+    idx = np.random.default_rng(seed).integers(0, len(x), size=(n_boot, len(x)))
+    sums = np.where(finite, x, 0.0)[idx].sum(axis=1)
+    counts = finite[idx].sum(axis=1)
+    means = sums[counts > 0] / counts[counts > 0]
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(x[finite].mean()), (float(lo), float(hi))

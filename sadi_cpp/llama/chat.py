@@ -138,3 +138,13 @@ def stream_text(hook: Hook, prompt: str, chat: bool, max_tokens: int, temperatur
     else:
         for c in llm.create_completion(prompt, **sampling):
             yield c["choices"][0]["text"]
+
+
+def chat_text(hook: Hook, user: str) -> str:
+    """The text the chat format in force makes of one user turn with the model's turn opened,
+    control tokens spelled out (read back with ``tokenize(..., special=True)``) and without the
+    BOS token (tokenizing adds it)."""
+    tokens, _ = chat_prompt(hook, [{"role": "user", "content": user}])
+    if tokens and tokens[0] == hook.llm.token_bos():
+        tokens = tokens[1:]
+    return hook.llm.detokenize(tokens, special=True).decode("utf-8", errors="replace")

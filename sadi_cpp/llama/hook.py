@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from typing import Any, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from llama_cpp import Llama, llama_cpp
@@ -28,6 +28,7 @@ from llama_cpp._utils import suppress_stdout_stderr
 
 from sadi_cpp.errors import BadInputError, SadiError
 from sadi_cpp.llama import batch as batches
+from sadi_cpp.llama import rpc as rpc_workers
 from sadi_cpp.llama.batch import BatchRow
 from sadi_cpp.llama.configs import Configurations
 from sadi_cpp.llama.context import longest_piece, token_piece
@@ -50,6 +51,7 @@ class Hook(Installed):
 
     def __init__(self, llm: Llama, *, force_copy: bool = False):
         super().__init__(llm, _core, force_copy)
+        self.workers: Dict[str, List[int]] = {}  # RPC worker endpoint -> the layers it computes (attach(rpc=...))
         self._steering: Optional[Tuple[Steering, str]] = None  # what set_steering was last given
         self._configs = Configurations(self.engine, self.shape, self.n_seq_max)
 
@@ -321,22 +323,36 @@ class Hook(Installed):
         self.llm.reset()
 
 
-def attach(llm: Llama, *, force_copy: bool = False) -> Hook:
+def attach(llm: Llama, *, force_copy: bool = False, rpc: Optional[Sequence[str]] = None) -> Hook:
     """Install the steering engine into ``llm`` (its KV cache is emptied) and return the hook.
 
     ``force_copy=True`` reads and writes activations through ggml_backend_tensor_get/set even on
-    host memory, the path GPU backends take.
+    host memory, the path GPU backends take. ``rpc``: the RPC workers ``llm`` was loaded over
+    (added with ``sadi_cpp.llama.rpc.add_workers`` before it loaded); checked to hold layers
+    (``hook.workers``: the layers of each), and a worker lost later ends the process with a clear
+    message instead of a core dump.
     """
-    return Hook(llm, force_copy=force_copy)
+    hook = Hook(llm, force_copy=force_copy)
+    if rpc is not None:
+        endpoints = rpc_workers.parse_endpoints(rpc)
+        hook.workers = rpc_workers.check_placement(hook, endpoints)
+        rpc_workers.on_fault(endpoints)
+    return hook
 
 
-def load(model_path: Optional[str] = None, *, force_copy: bool = False, **llama_kwargs: Any) -> Hook:
+def load(model_path: Optional[str] = None, *, force_copy: bool = False, rpc: Optional[Union[str, Sequence[str]]] = None,
+         **llama_kwargs: Any) -> Hook:
     """Load a GGUF (default: Gemma 3 270M Q4_K_M) into a ``Llama`` and attach the engine.
 
     ``llama_kwargs`` go to ``Llama`` (e.g. ``n_ctx``, ``n_threads``, ``n_gpu_layers``);
-    ``verbose`` defaults to False.
+    ``verbose`` defaults to False. ``rpc``: llama.cpp RPC workers ("host:port,..." or a list),
+    checked before the model loads; the layers go to them (``n_gpu_layers`` defaults to all).
     """
     path = resolve_model(model_path)
+    endpoints = None
+    if rpc is not None:
+        endpoints = rpc_workers.add_workers(rpc)
+        llama_kwargs.setdefault("n_gpu_layers", -1)
     llama_kwargs.setdefault("verbose", False)
     try:
         # Llama() itself lets a warning or two through (e.g. Gemma 3's SWA cache note) when quiet
@@ -344,4 +360,4 @@ def load(model_path: Optional[str] = None, *, force_copy: bool = False, **llama_
             llm = Llama(model_path=str(path), **llama_kwargs)
     except ValueError as e:
         raise BadInputError(f"{path}: llama.cpp could not load this model ({e}); is it a GGUF model file?") from None
-    return attach(llm, force_copy=force_copy)
+    return attach(llm, force_copy=force_copy, rpc=endpoints)

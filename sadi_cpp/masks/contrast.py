@@ -74,7 +74,7 @@ def mean_differences(
     packer = PairPacker(hook, progress) if batched else None
     with hook.recording(sites=sites, capture=False) as rec:
         for pair in pairs:
-            toks = [hook.tokenize(t) for t in (pair.positive, pair.negative)]
+            toks = [hook.tokenize(t, special=pair.special) for t in (pair.positive, pair.negative)]
             longest = max(len(t) for t in toks)
             if longest > n_ctx:
                 if strict:

@@ -115,12 +115,13 @@ def auc(pos: np.ndarray, neg: np.ndarray) -> float:
     return float(greater + 0.5 * ties)
 
 
-def last_token_residuals(hook: Hook, texts: Sequence[str], progress: Optional[Callable[[int], None]] = None
-                         ) -> Tuple[np.ndarray, List[int]]:
+def last_token_residuals(hook: Hook, texts: Sequence[str], progress: Optional[Callable[[int], None]] = None,
+                         special: Sequence[bool] = ()) -> Tuple[np.ndarray, List[int]]:
     """The residual stream after every layer at each text's last token [n_used, n_layer, n_embd],
     and the indices of the texts used (a text longer than a decode is left out). Many texts per
-    decode, each in a sequence of its own."""
-    tokens = [hook.tokenize(t) for t in texts]
+    decode, each in a sequence of its own. ``special[i]``: text i's control-token text is read as
+    control tokens (a chat-rendered pair)."""
+    tokens = [hook.tokenize(t, special=bool(special) and special[i]) for i, t in enumerate(texts)]
     budget = min(hook.n_ctx, hook.n_batch)
     used = [i for i, t in enumerate(tokens) if len(t) <= budget]
     if progress is not None and len(used) < len(texts):
@@ -174,7 +175,8 @@ def build_gate(hook: Hook, pairs: PairsLike, layer: Optional[int] = None, dev: O
     if layer is not None and not 0 <= layer < n_layer - 1:
         raise BadInputError(f"the gate layer must be in 0..{n_layer - 2} (a layer must be left above it to steer), got {layer}",
                             field="layer")
-    acts, used = last_token_residuals(hook, [t for p in pairs for t in (p.positive, p.negative)], progress)
+    acts, used = last_token_residuals(hook, [t for p in pairs for t in (p.positive, p.negative)], progress,
+                                      [p.special for p in pairs for _ in (0, 1)])
     keep = [i // 2 for i in used]
     whole = [k for k in set(keep) if keep.count(k) == 2]  # pairs with both texts read
     if len(whole) < 4:
@@ -206,7 +208,8 @@ def gate_scores(hook: Hook, gate: Gate, pairs: PairsLike, progress: Optional[Cal
                 ) -> Tuple[np.ndarray, np.ndarray]:
     """The gate's scores of the pairs' positive texts and of their negative texts."""
     pairs = pair_set(pairs)
-    acts, used = last_token_residuals(hook, [t for p in pairs for t in (p.positive, p.negative)], progress)
+    acts, used = last_token_residuals(hook, [t for p in pairs for t in (p.positive, p.negative)], progress,
+                                      [p.special for p in pairs for _ in (0, 1)])
     scores = gate.score(acts[:, gate.layer]) if used else np.zeros(0)
     side = np.array(used, dtype=int) % 2
     return scores[side == 0], scores[side == 1]

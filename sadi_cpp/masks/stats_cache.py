@@ -44,7 +44,7 @@ def cache_key(hook: Hook, pairs: PairSet, sites: Sequence[str], batched: bool) -
                 "sites": sorted(sites)}
     h.update(json.dumps([fp, grouping], sort_keys=True).encode())
     for p in pairs:
-        h.update(p.positive.encode("utf-8") + b"\0" + p.negative.encode("utf-8") + b"\0\n")
+        h.update(p.positive.encode("utf-8") + b"\0" + p.negative.encode("utf-8") + (b"\0s\n" if p.special else b"\0\n"))
     return h.hexdigest()
 
 

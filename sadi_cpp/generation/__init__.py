@@ -1,0 +1,1 @@
+"""Open-ended generation: many prompts under many steering settings, scored for behaviour and fluency."""
