@@ -32,6 +32,10 @@ SHAPES = [
     r"score -?[0-9.]+ >= threshold -?[0-9.]+, fired",
     r"score -?[0-9.]+ < threshold -?[0-9.]+, did not fire",
     r"steered \(head, K=5, delta=4\)",  # SmolLM2 chat
+    r"200 pairs \(persona templates, 'happy' against 'sad'",  # pairs
+    r"steered \(head, K=5, delta=2\)",  # generate --compare of the two-words mask
+    r"20 prompts x 2 sample\(s\), scorer sentiment",  # eval-gen
+    r"sadi 5: score [+-][0-9.]+ against unsteered",
     r"dev accuracy, 64 items",  # tune
     r"held-out check: ",
     r"56 items, sadi, positions last",  # eval

@@ -80,7 +80,7 @@ def _stops(stop: Optional[List[str]]) -> Tuple[str, ...]:
 
 def _settings(hook: Any, mask: Optional[Path], delta: Optional[List[float]], fixed: Optional[List[float]], caa: Optional[Path],
               caa_alpha: Optional[List[float]], caa_layer: Optional[int], cvec: Optional[Path], cvec_scale: Optional[List[float]],
-              positions: Optional[str], gate: Optional[Path]) -> List[Any]:
+              positions: Optional[str], gate: Optional[Path], random_seed: Optional[int] = None) -> List[Any]:
     """The settings compared with unsteered, from the options (each checked against the model)."""
     from sadi_cpp.generation import settings as made
     from sadi_cpp.masks.build import directions_from_pairs
@@ -95,7 +95,10 @@ def _settings(hook: Any, mask: Optional[Path], delta: Optional[List[float]], fix
         if note:
             err.print(f"note: {note}", soft_wrap=True)
         gated = fitted_gate(load_gate(gate), hook) if gate is not None else None
-        out_settings += made.sadi_settings(m, made.check_strengths(delta, "--delta") or [m.delta], policy, gate=gated)
+        deltas = made.check_strengths(delta, "--delta") or [m.delta]
+        out_settings += made.sadi_settings(m, deltas, policy, gate=gated)
+        if random_seed is not None:
+            out_settings += made.random_settings(hook, m, deltas, policy, random_seed)
         out_settings += made.fixed_settings(hook, m, made.check_strengths(fixed, "--fixed"), policy, str(mask))
     if caa is not None:
         dirs, _, _ = directions_from_pairs(hook, caa, None if caa_layer is None else [caa_layer])
@@ -106,11 +109,11 @@ def _settings(hook: Any, mask: Optional[Path], delta: Optional[List[float]], fix
 
 
 def _check_sources(mask: Optional[Path], caa: Optional[Path], cvec: Optional[Path], fixed: Optional[List[float]],
-                   gate: Optional[Path], delta: Optional[List[float]]) -> None:
+                   gate: Optional[Path], delta: Optional[List[float]], random_seed: Optional[int] = None) -> None:
     if mask is None and caa is None and cvec is None:
         raise BadInputError("give something to compare with unsteered: --mask (SADI), --caa PAIRS or --cvec FILE")
-    if mask is None and (fixed or gate is not None or delta):
-        raise BadInputError("--delta, --fixed and --gate act on a mask: give --mask")
+    if mask is None and (fixed or gate is not None or delta or random_seed is not None):
+        raise BadInputError("--delta, --fixed, --random and --gate act on a mask: give --mask")
 
 
 def _ci(value: float, lo_hi: Tuple[float, float]) -> str:
@@ -156,6 +159,7 @@ def eval_gen_cmd(
     mask: Annotated[Optional[Path], typer.Option("--mask", help="SADI mask sidecar.")] = None,
     delta: Deltas = None,
     fixed: Annotated[Optional[List[float]], typer.Option("--fixed", help="Also the fixed-vector baseline on the mask's units at this scale; repeatable.")] = None,
+    random_seed: Annotated[Optional[int], typer.Option("--random", help="Also SADI's scaling on as many units drawn at random with this seed, at each --delta (a control).")] = None,
     caa: Annotated[Optional[Path], typer.Option("--caa", help="Also CAA built from these pairs (one layer).")] = None,
     caa_alpha: Annotated[Optional[List[float]], typer.Option("--caa-alpha", help="CAA scale; repeatable (default 1).")] = None,
     caa_layer: Annotated[Optional[int], typer.Option("--caa-layer", help="CAA layer (default: the middle one).")] = None,
@@ -190,7 +194,7 @@ def eval_gen_cmd(
     from sadi_cpp.llama.chat import choose_chat
     from sadi_cpp.plot import plot_tradeoff
 
-    _check_sources(mask, caa, cvec, fixed, gate, delta)
+    _check_sources(mask, caa, cvec, fixed, gate, delta, random_seed)
     for path, what in ((texts, "texts file"), (plot, "plot")):
         if path is not None:
             check_output(path, what)
@@ -199,7 +203,7 @@ def eval_gen_cmd(
     score = load_scorer(scorer or default_scorer(prompts), pattern or ())
     hook = load_model(model, n_ctx, threads, rpc)
     use_chat = choose_chat(hook, chat, chat_format)
-    settings = _settings(hook, mask, delta, fixed, caa, caa_alpha, caa_layer, cvec, cvec_scale, positions, gate)
+    settings = _settings(hook, mask, delta, fixed, caa, caa_alpha, caa_layer, cvec, cvec_scale, positions, gate, random_seed)
     total = 2 * len(prompts) * (len(settings) + 1) * samples
     with progress_bar("texts", total, quiet, plain=as_json, label="generate and score") as step:
         result = eval_gen(hook, prompts, settings, score, sampling, use_chat, step)

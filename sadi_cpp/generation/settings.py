@@ -1,5 +1,6 @@
-"""The settings eval-gen and tune-gen compare, made from files: SADI at several deltas, the fixed
-vector on the same units, CAA from pairs and a llama.cpp control vector at several scales.
+"""The settings eval-gen and tune-gen compare, made from files: SADI at several deltas, random
+units at the same deltas, the fixed vector on the same units, CAA from pairs and a llama.cpp
+control vector at several scales.
 
 A control vector is applied as llama.cpp applies ``--control-vector``: added to every layer's
 output at every token (``positions="all"``); the engine's addition equals llama.cpp's own
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Any, List, Optional, Sequence
 import numpy as np
 
 from sadi_cpp.errors import BadInputError
-from sadi_cpp.evaluation.interventions import caa, fixed
+from sadi_cpp.evaluation.interventions import caa, fixed, random_units
 from sadi_cpp.gate import Gate
 from sadi_cpp.generation.generate import Setting
 from sadi_cpp.masks.cvec import read_cvec
@@ -29,6 +30,13 @@ if TYPE_CHECKING:  # annotations only: the hook and the mask are handed in, neve
 def sadi_settings(mask: SadiMask, deltas: Sequence[float], positions: str, weights: Any = None,
                   gate: Optional[Gate] = None) -> List[Setting]:
     return [Setting(f"sadi {d:g}", Steering(mask.units(), d, weights=weights, gate=gate), positions, "sadi", d) for d in deltas]
+
+
+def random_settings(hook: Hook, mask: SadiMask, deltas: Sequence[float], positions: str, seed: int) -> List[Setting]:
+    """The paper's random-identification control: SADI's scaling on as many units of the mask's
+    site, drawn at random (seeded), at each delta. Shows what any edit of that size does."""
+    return [Setting(f"random {d:g}", random_units(hook.shape, mask.site, mask.top_k, d, seed=seed), positions, "random", d)
+            for d in deltas]
 
 
 def fixed_settings(hook: Hook, mask: SadiMask, alphas: Sequence[float], positions: str, where: str = "") -> List[Setting]:
@@ -59,4 +67,4 @@ def check_strengths(values: Optional[Sequence[float]], option: str) -> List[floa
     return out
 
 
-__all__ = ["caa_settings", "check_strengths", "cvec_settings", "fixed_settings", "sadi_settings"]
+__all__ = ["caa_settings", "check_strengths", "cvec_settings", "fixed_settings", "random_settings", "sadi_settings"]
