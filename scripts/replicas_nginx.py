@@ -96,7 +96,7 @@ def main() -> None:
         print(f"masks offered (through nginx): {masks}")
         for i in range(a.requests):
             body = {"prompt": "The movie was", "max_tokens": 12, "temperature": 0}
-            if i % 2 == 0 and masks:
+            if (i // 2) % 2 == 0 and masks:  # two of each in turn: round robin sends each kind to both replicas
                 body["sadi"] = {"mask": masks[0], "delta": 9}
             answer = post(front + "/v1/completions", body)
             print(f"request {i + 1} ({'steered' if 'sadi' in body else 'unsteered'}): {answer['choices'][0]['text']!r}")

@@ -108,14 +108,14 @@ def test_eval_gen_reports_every_setting_and_writes_texts_and_a_plot(tiny_path, t
     ok(["export-cvec", str(pairs), "-m", str(tiny_path), "--layers", "1", "-o", str(cv), "-q"])
     texts, plot = tmp_path / "texts.jsonl", tmp_path / "plot.png"
     res = ok(["eval-gen", str(prompts), "-m", str(tiny_path), "--mask", str(mask), "--delta", "2", "--delta", "8",
-              "--fixed", "1", "--caa", str(pairs), "--caa-alpha", "3", "--cvec", str(cv), "--cvec-scale", "2",
+              "--fixed", "1", "--random", "0", "--caa", str(pairs), "--caa-alpha", "3", "--cvec", str(cv), "--cvec-scale", "2",
               "--scorer", f"{scorer}:vowels", "--max-tokens", "6", "--texts", str(texts), "--plot", str(plot), "--json", "-q"])
     report = json.loads(res.stdout)
     names = [s["name"] for s in report["settings"]]
-    assert names == ["unsteered", "sadi 2", "sadi 8", "fixed 1", "caa 3", "cvec 2"]
-    assert [s["positions"] for s in report["settings"]] == ["last", "last", "last", "last", "last", "all"]
+    assert names == ["unsteered", "sadi 2", "sadi 8", "random 2", "random 8", "fixed 1", "caa 3", "cvec 2"]
+    assert [s["positions"] for s in report["settings"]] == ["last"] * 7 + ["all"]
     rows = read_lines(texts)
-    assert len(rows) == 6 * 6 and plot.stat().st_size > 1000
+    assert len(rows) == 8 * 6 and plot.stat().st_size > 1000
     for s in report["settings"]:
         mine = [r for r in rows if r["setting"] == s["name"]]
         per = [r["score"] for r in sorted(mine, key=lambda r: r["prompt"])]

@@ -13,8 +13,25 @@ from sadi_cpp.errors import BadInputError
 N_BOOT = 2000
 
 
+class Difference:
+    """A comparison with unsteered whose ``diff_ci`` is the difference's 95% interval (mixed into
+    dataclasses: ``as_dict`` is their fields plus ``significant``)."""
+
+    diff_ci: Tuple[float, float]
+
+    @property
+    def significant(self) -> bool:
+        """The interval of the difference excludes 0."""
+        return self.diff_ci[0] > 0 or self.diff_ci[1] < 0
+
+    def as_dict(self) -> Dict[str, Any]:
+        d = asdict(self)  # type: ignore[call-overload]
+        d["significant"] = self.significant
+        return d
+
+
 @dataclass
-class Paired:
+class Paired(Difference):
     n: int
     base_acc: float
     base_ci: Tuple[float, float]
@@ -24,16 +41,6 @@ class Paired:
     diff_ci: Tuple[float, float]
     gained: int  # answers wrong without steering, right with it
     lost: int  # answers right without steering, wrong with it
-
-    @property
-    def significant(self) -> bool:
-        """The interval of the difference excludes 0."""
-        return self.diff_ci[0] > 0 or self.diff_ci[1] < 0
-
-    def as_dict(self) -> Dict[str, Any]:
-        d = asdict(self)
-        d["significant"] = self.significant
-        return d
 
 
 def paired(base: np.ndarray, other: np.ndarray, n_boot: int = N_BOOT, seed: int = 0) -> Paired:

@@ -16,14 +16,14 @@ prompts (the same resamples for every setting, so differences are paired).
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from sadi_cpp.data.prompts import GenPrompt
 from sadi_cpp.errors import BadInputError
-from sadi_cpp.evaluation.stats import mean_interval
+from sadi_cpp.evaluation.stats import Difference, mean_interval
 from sadi_cpp.generation.fluency import degenerate, loglik_per_token
 from sadi_cpp.generation.generate import Generation, Sampling, Setting, generate_many
 from sadi_cpp.generation.scorers import Scorer
@@ -36,7 +36,7 @@ UNSTEERED = Setting("unsteered", kind="unsteered")
 
 
 @dataclass
-class SettingResult:
+class SettingResult(Difference):
     name: str
     kind: str
     strength: Optional[float]
@@ -52,15 +52,6 @@ class SettingResult:
     empty: float
     mean_tokens: float
     gate_fired: Optional[int] = None  # prompts the setting's gate fired on (None: no gate)
-
-    @property
-    def significant(self) -> bool:
-        return self.diff_ci[0] > 0 or self.diff_ci[1] < 0
-
-    def as_dict(self) -> Dict[str, Any]:
-        d = asdict(self)
-        d["significant"] = self.significant
-        return d
 
 
 @dataclass
