@@ -166,3 +166,25 @@ def test_build_mask_generate_and_serve_on_the_default_model(n_workers, tmp_path)
     finally:
         for w in ws:
             w.stop()
+
+
+def test_every_command_that_loads_a_model_takes_rpc():
+    import ast
+
+    import typer.main
+
+    from sadi_cpp.cli import app
+
+    # the commands whose code calls load_model (or builds the server, which loads one)
+    loaders = set()
+    for path in (ROOT / "sadi_cpp" / "cli").glob("*.py"):
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if isinstance(fn, ast.FunctionDef) and any(isinstance(n, ast.Name) and n.id in ("load_model", "Service") or
+                                                       isinstance(n, ast.Attribute) and n.attr == "build" for n in ast.walk(fn)):
+                loaders.add(fn.name)
+    commands = typer.main.get_command(app).commands
+    named = {c.callback.__name__: name for name, c in commands.items()}
+    loading = {named[f] for f in loaders if f in named}
+    assert {"build-mask", "generate", "check", "eval", "tune", "export-cvec", "serve", "eval-gen", "pairs"} <= loading
+    for name in loading:
+        assert "--rpc" in {o for p in commands[name].params for o in getattr(p, "opts", [])}, name

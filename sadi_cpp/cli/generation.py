@@ -45,6 +45,7 @@ def pairs(
     model: Model = None,
     chat_format: ChatFormat = None,
     no_chat: Annotated[bool, typer.Option("--no-chat", help="Plain text even when the model has a chat template.")] = False,
+    rpc: Rpc = None,
     as_json: JsonOut = False,
 ) -> None:
     """Contrastive pairs from two words: each template's instruction with either word, then the same continuation."""
@@ -55,7 +56,7 @@ def pairs(
     check_words(positive, negative)
     check_output(output, "pairs file")
     templates = load_template(template_file if template_file is not None else template)
-    hook = load_model(model, 2048, None)
+    hook = load_model(model, 2048, None, rpc)
     use_chat = not no_chat and (chat_format is not None or has_chat_template(hook))
     if use_chat:
         choose_chat(hook, True, chat_format)
