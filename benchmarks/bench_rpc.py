@@ -147,6 +147,10 @@ def main() -> None:
         write_json("bench_rpc.json", {"machine": machine(), "args": vars(args), "workers": hook.workers, "generation": gen,
                                       "statistics": {"raw_tps": median(raw), "build_tps": median(build), "ratio": ratio},
                                       "copy_calls_per_decode": calls})
+        # free the models while the workers still answer: llama.cpp's RPC client waits forever
+        # for a worker that is gone when a buffer on it is freed (seen when the workers went first)
+        hook.llm.close()
+        plain.close()
     finally:
         for w in workers:
             w.kill()
