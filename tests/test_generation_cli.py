@@ -31,6 +31,21 @@ def read_lines(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+def test_stop_strings_read_only_the_usual_escapes():
+    from sadi_cpp.cli.generation import _stops
+
+    # a shell passes "\n" as two characters; an unknown escape or a non-ASCII text stays as written
+    assert _stops(["\\n", "a\\tb", "\\x", "é\\n", "\\\\n"]) == ("\n", "a\tb", "\\x", "é\n", "\\n")
+
+
+def test_a_template_file_that_asks_for_too_many_pairs_is_refused(tmp_path):
+    huge = tmp_path / "huge.json"
+    huge.write_text(json.dumps({"instructions": [f"Be {{concept}} {i}." for i in range(2000)],
+                                "continuations": [" ".join(["word"] * 600)]}))
+    with pytest.raises(sadi_cpp.BadInputError, match="candidate pairs"):
+        load_template(huge)
+
+
 def test_template_pairs_differ_only_in_the_word_and_are_seeded():
     t = load_template("persona")
     frame = lambda s: f"[{s}]\n"  # noqa: E731

@@ -4,6 +4,7 @@ measured on what the model writes) and tune-gen (a delta for generation under a 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -74,9 +75,13 @@ def pairs(
     out.print(f"example, negative: {plain(rows[0]['negative'])!r}", highlight=False, soft_wrap=True)
 
 
+_ESCAPES = {"\\n": "\n", "\\t": "\t", "\\r": "\r", "\\\\": "\\"}
+
+
 def _stops(stop: Optional[List[str]]) -> Tuple[str, ...]:
-    """--stop values with backslash escapes read (a shell makes "\\n" two characters)."""
-    return tuple(s.encode("utf-8").decode("unicode_escape") if "\\" in s else s for s in (stop or []))
+    """--stop values with \\n, \\t, \\r and \\\\ read as the characters (a shell passes "\\n" as two);
+    any other backslash stays as it is."""
+    return tuple(re.sub(r"\\[ntr\\]", lambda m: _ESCAPES[m.group()], s) for s in (stop or []))
 
 
 def _settings(hook: Any, mask: Optional[Path], delta: Optional[List[float]], fixed: Optional[List[float]], caa: Optional[Path],

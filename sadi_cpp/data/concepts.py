@@ -26,6 +26,7 @@ from sadi_cpp.errors import BadInputError
 from sadi_cpp.files import read_text
 
 FILES = Path(__file__).with_name("files")
+MAX_CANDIDATES = 1_000_000  # the draw permutes every candidate: a template file may not ask for more
 TEMPLATES = ("persona", "tone", "topic")
 SLOT = "{concept}"
 
@@ -69,7 +70,12 @@ def load_template(name_or_path: Union[str, Path]) -> TemplateSet:
     if bad:
         raise BadInputError(f"{path}: every instruction must hold {SLOT} exactly once; this one does not: {bad[0]!r}",
                             field="template_file")
-    return TemplateSet(str(obj.get("name", path.stem)), instructions, _strings(obj, "continuations", str(path)))
+    continuations = _strings(obj, "continuations", str(path))
+    n_words = sum(len(c.split()) for c in continuations)  # an upper bound of the distinct cuts
+    if len(instructions) * n_words > MAX_CANDIDATES:
+        raise BadInputError(f"{path}: {len(instructions)} instructions x {n_words} continuation words is more than "
+                            f"{MAX_CANDIDATES:,} candidate pairs; use fewer or shorter ones", field="template_file")
+    return TemplateSet(str(obj.get("name", path.stem)), instructions, continuations)
 
 
 def check_words(positive: str, negative: str) -> Tuple[str, str]:

@@ -48,13 +48,10 @@ def paired(base: np.ndarray, other: np.ndarray, n_boot: int = N_BOOT, seed: int 
     base, other = np.asarray(base, float), np.asarray(other, float)
     if base.shape != other.shape or base.ndim != 1 or len(base) == 0:
         raise BadInputError("paired() needs two non-empty correctness vectors of one length")
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(base), size=(n_boot, len(base)))
     d = other - base
 
     def ci(x: np.ndarray) -> Tuple[float, float]:
-        lo, hi = np.percentile(x[idx].mean(axis=1), [2.5, 97.5])
-        return float(lo), float(hi)
+        return mean_interval(x, n_boot, seed)[1]  # the same resamples for the three vectors
 
     return Paired(
         n=len(base), base_acc=float(base.mean()), base_ci=ci(base), acc=float(other.mean()), ci=ci(other),

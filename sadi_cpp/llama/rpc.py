@@ -15,6 +15,7 @@ layer, and ``check_placement`` refuses a model that silently stayed on the CPU.
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Union
@@ -27,6 +28,7 @@ if TYPE_CHECKING:  # annotations only: the hook is handed in, never made here
     from sadi_cpp.llama.hook import Hook
 
 DEFAULT_PORT = 50052
+_added: set = set()  # endpoints this process put into the registry (their workers hold its connection)
 HELLO = 14  # RPC_CMD_HELLO, fixed by the protocol across versions
 CAPS = 24  # RPC_CONN_CAPS_SIZE: capability bytes of the greeting (all 0: plain TCP)
 HOW_TO_START = "start one there with: sadi-cpp worker --host 0.0.0.0 --port {port} (same sadi-cpp version)"
@@ -128,9 +130,6 @@ def add_workers(endpoints: Union[str, Sequence[str]]) -> List[str]:
     return endpoints
 
 
-_added: set = set()  # endpoints put into the registry by this process
-
-
 def worker_devices() -> Dict[str, str]:
     """The RPC devices in the registry: device name ("RPC0") -> endpoint."""
     return {name: desc for name, desc in load_core().rpc.devices() if name.startswith("RPC")}
@@ -178,8 +177,6 @@ def on_fault(endpoints: Optional[Sequence[str]] = None, note: Optional[str] = No
 def serve_worker(host: str, port: int, device: Optional[str] = None, threads: Optional[int] = None,
                  cache: Optional[str] = None) -> str:
     """Run llama.cpp's RPC server (blocks while it serves; returns why it stopped)."""
-    import os
-
     if not supported():
         raise UnsupportedModelError(how_to_install())
     endpoint = parse_endpoints(f"{host}:{port}", field="port")[0]
